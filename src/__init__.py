@@ -1,0 +1,1 @@
+"""Hydra + MLflow experiment tracking for the lab's Keras models."""
