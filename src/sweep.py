@@ -58,6 +58,16 @@ class MLflowSweep(Callback):
         self._ended = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from . import tracking
+
+        try:
+            self._start(config)
+        except tracking.TrackingError as err:
+            # Hydra would only warn about a callback's exception and run the jobs anyway.
+            log.error("%s", err)
+            sys.exit(2)
+
+    def _start(self, config: DictConfig) -> None:
         from mlflow.tracking import MlflowClient
 
         from . import tracking
@@ -97,7 +107,11 @@ class MLflowSweep(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if self.parent_run_id:
-            self._finish("FINISHED")
+            try:
+                self._finish("FINISHED")
+            except Exception:
+                log.exception("Could not write the sweep summary")
+                self._ended = False  # try again at exit, ending the parent FAILED
 
     def _end_unfinished(self) -> None:
         if self.parent_run_id and not self._ended:
