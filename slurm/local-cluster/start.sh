@@ -78,6 +78,9 @@ SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# A requeued job may start again only after the job credential lifetime (default 120 s); short here
+# so that the requeue tests do not sit idle.
+AuthInfo=cred_expire=10
 CredType=cred/munge
 SlurmctldPort=6817
 SlurmdPort=6818
