@@ -8,7 +8,9 @@ MLflow store, logs and Hydra outputs go to pytest's temporary folders.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import shutil
 import subprocess
 import sys
@@ -196,6 +198,22 @@ def test_requeued_job_resumes_into_the_same_run_without_gaps_or_duplicates(how, 
     assert "Resuming from" in log and "(restart 1)" in log
 
 
+def kill_9_python(job_id: str) -> None:
+    """kill -9 of the job's Python process (not its srun), as a segfault or the OOM killer would."""
+    listed = subprocess.run(["scontrol", "listpids", job_id], capture_output=True, text=True, check=True).stdout
+    killed = []
+    for line in listed.splitlines()[1:]:
+        pid = int(line.split()[0])
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if Path(argv[0].decode()).name.startswith("python") and b"submitit.core._submit" in argv:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    assert killed, listed
+
+
 def test_hard_crashed_sweep_job_is_reported_failed_without_a_hang(data_dir, store, experiment, tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = ["-m", *LAUNCHER, *base_overrides(data_dir, store, experiment), "trainer.epochs=30", *SLOW,
@@ -206,12 +224,14 @@ def test_hard_crashed_sweep_job_is_reported_failed_without_a_hang(data_dir, stor
     try:
         child = wait_for(lambda: [r for r in runs(experiment) if "mlflow.parentRunId" in r.data.tags], 180, "the child run")[0]
         wait_for(lambda: steps(child.info.run_id), 120, "a logged epoch")
-        task = f"{child.data.tags['slurm.array_job_id']}_{child.data.tags['slurm.array_task_id']}"
-        subprocess.run(["scancel", "--signal=KILL", task], check=True)  # kill -9 of the training process
+        tags = child.data.tags  # submitit submits a one-point sweep as a plain job, not an array
+        task = f"{tags['slurm.array_job_id']}_{tags['slurm.array_task_id']}" if "slurm.array_job_id" in tags else tags["slurm.job_id"]
+        kill_9_python(tags["slurm.job_id"])
         output, _ = driver.communicate(timeout=180)  # submitit learns of the death through sacct: no hang
     finally:
         if driver.poll() is None:
             driver.kill()
+            subprocess.run(["scancel", "--name=le5"])
     assert driver.returncode != 0
     assert "FAILED" in output, output[-3000:]
     assert job(task)["JobState"] == "FAILED"
