@@ -11,9 +11,10 @@ PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 bash slurm/local-cluster/start.sh || { echo "ci-slurm-tests.sh: the local Slurm cluster did not start" >&2; exit 1; }
 trap 'bash slurm/local-cluster/stop.sh' EXIT
 # -rs: name skips; a skip here would mean the cluster was not usable, so fail on it.
-"$PYTHON" -m pytest -m slurm -v -rs --durations=0 -p no:cacheprovider "$@" tests/test_slurm.py | tee /tmp/le5-ci-slurm.log
+report=$(mktemp)
+"$PYTHON" -m pytest -m slurm -v -rs --durations=0 -p no:cacheprovider "$@" tests/test_slurm.py | tee "$report"
 status=${PIPESTATUS[0]}
-if [ "$status" = 0 ] && grep -q "SKIPPED" /tmp/le5-ci-slurm.log; then
+if [ "$status" = 0 ] && grep -q "SKIPPED" "$report"; then
   echo "ci-slurm-tests.sh: Slurm tests were skipped although the cluster was started" >&2
   status=1
 fi
