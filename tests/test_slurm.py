@@ -241,3 +241,31 @@ def test_hard_crashed_sweep_job_is_reported_failed_without_a_hang(data_dir, stor
     assert parent.info.status == "FAILED"
     assert json.loads((sweep_dir / sweep.PARENT_FILE).read_text())["run_id"] == parent.info.run_id
     shutil.rmtree(resume.CHECKPOINTS / f"le5local-{task}-0", ignore_errors=True)
+
+
+def test_preempted_sweep_job_is_requeued_by_submitit_and_resumes_its_run(data_dir, store, experiment, tmp_path):
+    epochs = 8
+    args = ["-m", *LAUNCHER, *base_overrides(data_dir, store, experiment), f"trainer.epochs={epochs}", *SLOW,
+            f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "src.train", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        child = wait_for(lambda: [r for r in runs(experiment) if "mlflow.parentRunId" in r.data.tags], 180, "the child run")[0]
+        wait_for(lambda: len(steps(child.info.run_id)) >= 2, 120, "two logged epochs")
+        # The signal submitit asks SLURM for before a time limit or on preemption (USR2): it checkpoints
+        # the launcher's call and requeues the job, which reruns it.
+        subprocess.run(["scancel", "--signal=USR2", child.data.tags["slurm.job_id"]], check=True)
+        output, _ = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            subprocess.run(["scancel", "--name=le5"])
+    assert driver.returncode == 0, output[-3000:]
+    by_id = {r.info.run_id: r for r in runs(experiment)}
+    assert len(by_id) == 2  # the parent and the one child: the requeued job reopened its run
+    run = by_id[child.info.run_id]
+    assert run.info.status == "FINISHED" and run.data.tags["slurm.restart_count"] == "1"
+    for key in ("loss", "val_loss", "epoch_time_s"):
+        assert steps(run.info.run_id, key) == list(range(1, epochs + 1)), key
+    assert by_id[child.data.tags["mlflow.parentRunId"]].info.status == "FINISHED"
