@@ -54,6 +54,15 @@ def backup_dir(configured: str | None, output_dir: Path, job_num: int | None = N
     return CHECKPOINTS / name
 
 
+def for_run(configured: str | None, output_dir: Path, job_num: int | None, params: dict[str, str]) -> "Backup":
+    """The run's backup. It is resumed only where a restart can mean it: in a SLURM job (a requeue) or
+    from a folder named in trainer.backup_dir. A local run's default folder is its own new output
+    folder, so a local run never picks up another run's state by accident."""
+    folder = backup_dir(configured, output_dir, job_num)
+    resumable = bool(configured or os.environ.get("SLURM_JOB_ID"))
+    return Backup(folder, fingerprint(params), resume=resumable)
+
+
 def fingerprint(params: dict[str, str]) -> str:
     """A hash of the resolved config: a backup is only resumed by the configuration that made it."""
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
@@ -65,17 +74,17 @@ class Backup(keras.callbacks.Callback):
     Put it before `tracking.MLflowMetrics` in the callback list (see the module docstring).
     """
 
-    def __init__(self, folder: Path, config_hash: str):
+    def __init__(self, folder: Path, config_hash: str, resume: bool = True):
         super().__init__()
         self.folder = Path(folder)
         self.config_hash = config_hash
-        self.state = self._read()
+        self.state = self._read(resume)
         self._epoch_start = 0.0
 
-    def _read(self) -> dict:
+    def _read(self, resume: bool) -> dict:
         path = self.folder / STATE
         fresh = {"config": self.config_hash, "run_id": None, "epochs": [], "weights": None}
-        if not path.exists():
+        if not resume or not path.exists():
             return fresh
         try:
             state = json.loads(path.read_text())

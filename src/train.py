@@ -72,9 +72,7 @@ def train(cfg: DictConfig) -> float:
     run_params = tracking.params(cfg)
     # Checkpoint of the last finished epoch, in a folder a requeued SLURM job finds again.
     job_num = hc.job.num if hc.mode == RunMode.MULTIRUN else None
-    backup = resume.Backup(
-        resume.backup_dir(cfg.trainer.backup_dir, Path(hc.runtime.output_dir), job_num), resume.fingerprint(run_params)
-    )
+    backup = resume.for_run(cfg.trainer.backup_dir, Path(hc.runtime.output_dir), job_num, run_params)
     with tracking.run(experiment_id, _run_name(hc), run_tags, parent_run_id, resume_run_id=backup.run_id) as run:
         backup.record_run(run.info.run_id)
         mlflow.log_params(run_params)

@@ -131,6 +131,20 @@ def test_backup_of_another_configuration_is_not_resumed(trainer, experiment, mon
     assert steps(by_status["FINISHED"].info.run_id)["loss"] == [1, 2, 3]
 
 
+def test_only_slurm_jobs_and_named_folders_are_resumed(monkeypatch, tmp_path):
+    for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_CLUSTER_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    params = {"a": "1"}
+    resume.Backup(tmp_path / "backup", resume.fingerprint(params)).record_run("run-1")
+    # The same folder and configuration, but nobody asked to resume (e.g. two runs given one hydra.run.dir).
+    assert resume.for_run(None, tmp_path, None, params).run_id is None
+    assert resume.for_run(str(tmp_path / "backup"), tmp_path, None, params).run_id == "run-1"  # asked for
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setattr(resume, "CHECKPOINTS", tmp_path / "checkpoints")
+    resume.Backup(resume.backup_dir(None, tmp_path), resume.fingerprint(params)).record_run("run-2")
+    assert resume.for_run(None, tmp_path / "new-output", None, params).run_id == "run-2"  # a requeued job
+
+
 def test_backup_folder_survives_a_requeue(monkeypatch, tmp_path):
     for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_CLUSTER_NAME"):
         monkeypatch.delenv(var, raising=False)
