@@ -93,10 +93,13 @@ class MLflowSweep(Callback):
         }
         if os.environ.get("SLURM_JOB_ID"):  # the driver itself is a job (slurm/sweep.sbatch)
             tags["slurm.job_id"] = os.environ["SLURM_JOB_ID"]
-        client = MlflowClient(uri)
-        run = client.create_run(experiment_id, tags=tags, run_name=f"sweep {self.sweep_dir.name}")
-        self.parent_run_id = run.info.run_id
         with handle:
+            try:
+                run = MlflowClient(uri).create_run(experiment_id, tags=tags, run_name=f"sweep {self.sweep_dir.name}")
+            except Exception:
+                record.unlink()  # no half-made record for the jobs to trip over
+                raise
+            self.parent_run_id = run.info.run_id
             json.dump({"run_id": self.parent_run_id, "experiment_id": experiment_id, "tracking_uri": uri}, handle)
         log.info("MLflow parent run %s for the sweep in %s", self.parent_run_id, self.sweep_dir)
         self._uri = uri
