@@ -78,6 +78,10 @@ class TrainerConfig:
     early_stopping_patience: Optional[int] = None
     monitor: str = "val_loss"  # also the value returned to Hydra sweepers
     verbose: int = 2  # Keras fit verbosity: 2 = one line per epoch (readable in SLURM logs)
+    # Checkpoint of the last finished epoch (src/resume.py). None: <project>/checkpoints/<cluster>-<job id>
+    # in a SLURM job (found again after a requeue), else <output dir>/backup. Point a new local run at
+    # an interrupted run's backup folder to resume it.
+    backup_dir: Optional[str] = None
 
 
 @dataclass

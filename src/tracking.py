@@ -96,18 +96,29 @@ def connect(uri: str, experiment_name: str) -> str:
 
 
 @contextlib.contextmanager
-def run(experiment_id: str, run_name: str, tags: dict, parent_run_id: str | None = None):
-    """An MLflow run that always ends: FINISHED, FAILED (exception) or KILLED (Ctrl-C, SIGTERM).
+def run(experiment_id: str, run_name: str, tags: dict, parent_run_id: str | None = None, resume_run_id: str | None = None):
+    """An MLflow run that always ends: FINISHED, FAILED (exception) or KILLED (Ctrl-C, SIGTERM, requeue).
 
     The reason of a failure goes into the `failure_reason` tag; metrics logged so far stay.
+    `resume_run_id` reopens that run (a requeued job continues its run) instead of starting one.
     """
-    active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, parent_run_id=parent_run_id)
+    if resume_run_id and not _resumable(resume_run_id, experiment_id):
+        resume_run_id = None
+    if resume_run_id:
+        active = mlflow.start_run(run_id=resume_run_id, tags=tags)
+        with contextlib.suppress(mlflow.exceptions.MlflowException):  # the reason of the last stop
+            MlflowClient().delete_tag(resume_run_id, "failure_reason")
+    else:
+        active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, parent_run_id=parent_run_id)
     uri = mlflow.get_tracking_uri()
-    log.info("MLflow run %s (%s) in experiment %s at %s", run_name, active.info.run_id, experiment_id, uri)
+    log.info(
+        "MLflow run %s (%s) in experiment %s at %s%s",
+        run_name, active.info.run_id, experiment_id, uri, " (resumed)" if resume_run_id else "",
+    )
     restore = _sigterm_raises()
     try:
         yield active
-    except (KeyboardInterrupt, Terminated) as err:
+    except (KeyboardInterrupt, Terminated, SystemExit) as err:  # SystemExit: submitit's requeue exits so
         _end(active, "KILLED", f"{type(err).__name__}: interrupted")
         raise
     except BaseException as err:
@@ -118,6 +129,17 @@ def run(experiment_id: str, run_name: str, tags: dict, parent_run_id: str | None
         log.info("Run %s FINISHED. Compare runs: %s", active.info.run_id, ui_command(uri))
     finally:
         restore()
+
+
+def _resumable(run_id: str, experiment_id: str) -> bool:
+    try:
+        found = MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        found = None
+    if found is None or found.info.lifecycle_stage != "active" or found.info.experiment_id != experiment_id:
+        log.warning("The backup's MLflow run %s is gone or elsewhere: starting a new run", run_id)
+        return False
+    return True
 
 
 def _end(active, status: str, reason: str) -> None:
@@ -197,6 +219,7 @@ def tags(choices: dict, overrides: list[str]) -> dict[str, str]:
         ("SLURM_JOB_ID", "slurm.job_id"),
         ("SLURM_ARRAY_JOB_ID", "slurm.array_job_id"),
         ("SLURM_ARRAY_TASK_ID", "slurm.array_task_id"),
+        ("SLURM_RESTART_COUNT", "slurm.restart_count"),  # > 0: a requeued job resumed this run
     ]:
         if os.environ.get(var):
             found[tag] = os.environ[var]
@@ -222,13 +245,36 @@ class MLflowMetrics(keras.callbacks.Callback):
 
     One batched request per epoch; MLflow's own Keras callback would also re-log validation
     metrics at step 0 when evaluation runs, which this one does not.
+
+    A resumed run passes the backup's finished epochs: those MLflow lacks (the job died between
+    committing the backup and logging) are sent at the start, and no step MLflow already has is
+    sent again, so each epoch is in the run exactly once.
     """
 
-    def __init__(self, run_id: str, client: MlflowClient | None = None):
+    def __init__(self, run_id: str, client: MlflowClient | None = None, finished_epochs: list[dict] | None = None):
         super().__init__()
         self.run_id = run_id
         self.client = client or MlflowClient()
+        self.finished_epochs = finished_epochs or []
+        self._logged: dict[str, set[int]] = {}
         self._epoch_start = 0.0
+
+    def on_train_begin(self, logs=None):
+        if not self.finished_epochs:
+            return
+        keys = set().union(*self.finished_epochs)
+        self._logged = {k: {m.step for m in self.client.get_metric_history(self.run_id, k)} for k in keys}
+        now = int(time.time() * 1000)
+        missing = [
+            Metric(k, float(v), now, step)
+            for step, values in enumerate(self.finished_epochs, start=1)
+            for k, v in values.items()
+            if step not in self._logged[k]
+        ]
+        for start in range(0, len(missing), 1000):  # log_batch takes at most 1000 metrics
+            self.client.log_batch(self.run_id, metrics=missing[start : start + 1000])
+        if missing:
+            log.info("Sent %d metric values of finished epochs that the run lacked", len(missing))
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
@@ -237,7 +283,9 @@ class MLflowMetrics(keras.callbacks.Callback):
         now = int(time.time() * 1000)
         values = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
         values["epoch_time_s"] = time.perf_counter() - self._epoch_start
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, epoch + 1) for k, v in values.items()])
+        metrics = [Metric(k, v, now, epoch + 1) for k, v in values.items() if epoch + 1 not in self._logged.get(k, ())]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
 
 
 def _is_number(value) -> bool:

@@ -25,7 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from . import config, data, hardware, models, plots, tracking
+from . import config, data, hardware, models, plots, resume, sweep, tracking
 
 config.register()
 log = logging.getLogger(__name__)
@@ -67,9 +67,17 @@ def train(cfg: DictConfig) -> float:
     ds = data.load(cfg.dataset, cfg.trainer.batch_size, cfg.seed, data.data_dir(cfg.data_dir))
     log.info("Data: %s", ", ".join(f"{k} {n}" for k, n in ds.sizes.items()))
 
-    run_tags = {**tracking.tags(hc.runtime.choices, list(hc.overrides.task)), "device": device}
-    with tracking.run(experiment_id, _run_name(hc), run_tags) as run:
-        mlflow.log_params(tracking.params(cfg))
+    parent_run_id, sweep_tags = sweep.parent(hc)  # a multirun's jobs are children of one parent run
+    run_tags = {**tracking.tags(hc.runtime.choices, list(hc.overrides.task)), **sweep_tags, "device": device}
+    run_params = tracking.params(cfg)
+    # Checkpoint of the last finished epoch, in a folder a requeued SLURM job finds again.
+    job_num = hc.job.num if hc.mode == RunMode.MULTIRUN else None
+    backup = resume.Backup(
+        resume.backup_dir(cfg.trainer.backup_dir, Path(hc.runtime.output_dir), job_num), resume.fingerprint(run_params)
+    )
+    with tracking.run(experiment_id, _run_name(hc), run_tags, parent_run_id, resume_run_id=backup.run_id) as run:
+        backup.record_run(run.info.run_id)
+        mlflow.log_params(run_params)
         with strategy.scope():
             model = models.build_model(cfg.model, ds.input_shape, ds.num_classes)
             model.compile(
@@ -78,17 +86,20 @@ def train(cfg: DictConfig) -> float:
                 metrics=["accuracy"],
                 jit_compile=cfg.hardware.jit_compile and not ds.sparse,  # XLA has no sparse kernels
             )
+            initial_epoch = backup.restore(model)  # 0 unless resuming
         model.summary(print_fn=lambda line, **_: log.info(line))
 
-        history = model.fit(
+        this_start = model.fit(
             ds.train,
             validation_data=ds.val,
+            initial_epoch=initial_epoch,
             epochs=cfg.trainer.epochs,
-            callbacks=_callbacks(cfg, run.info.run_id),
+            callbacks=_callbacks(cfg, run.info.run_id, backup),
             verbose=cfg.trainer.verbose,
             shuffle=False,  # the pipeline reshuffles every epoch itself
         ).history
-        _raise_on_nan(history, cfg)
+        _raise_on_nan(this_start, cfg)
+        history = backup.history  # every epoch, also those before a requeue
 
         test = model.evaluate(ds.test, return_dict=True, verbose=0)
         mlflow.log_metrics({f"test_{k}": float(v) for k, v in test.items()})
@@ -96,12 +107,18 @@ def train(cfg: DictConfig) -> float:
         predictions = _predictions(model, *ds.sample)
         log.info("First 10 test predictions:\n%s", predictions)
         _log_artifacts(cfg, history, predictions, model, Path(hc.runtime.output_dir))
+    backup.discard()  # the run is FINISHED: nothing left to resume
 
     return _objective(history, cfg.trainer.monitor)
 
 
-def _callbacks(cfg, run_id: str) -> list[keras.callbacks.Callback]:
-    callbacks = [keras.callbacks.TerminateOnNaN(), tracking.MLflowMetrics(run_id)]
+def _callbacks(cfg, run_id: str, backup: resume.Backup) -> list[keras.callbacks.Callback]:
+    # The backup commits an epoch before MLflow logs it: see src/resume.py for why this order.
+    callbacks = [
+        keras.callbacks.TerminateOnNaN(),
+        backup,
+        tracking.MLflowMetrics(run_id, finished_epochs=backup.epochs),
+    ]
     if cfg.trainer.early_stopping_patience is not None:
         callbacks.append(
             keras.callbacks.EarlyStopping(

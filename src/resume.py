@@ -1,0 +1,164 @@
+"""Checkpoint every finished epoch; resume an interrupted or requeued run from the last one.
+
+A backup folder holds the model's and optimizer's weights of the last finished epoch and a
+`state.json` that is the commit point: it is replaced atomically after the weights are on disk,
+and names the weights file, the MLflow run and every finished epoch's logs. So a job killed at
+any instant leaves either the previous epoch's state or the new one, never a mix.
+
+Together with `tracking.MLflowMetrics` this gives each epoch exactly once in MLflow:
+- the backup commits epoch k *before* MLflow hears of it (callback order in train.py), so MLflow
+  never has an epoch the backup lacks; a resumed run never repeats a logged epoch;
+- a job killed between the two leaves epoch k in the backup only: on resume MLflowMetrics sends
+  the epochs that the backup has and MLflow lacks, so there is no gap either.
+
+Where the backup lives decides whether a requeued job finds it: Hydra makes a new output folder
+on every start, so under SLURM the folder is keyed on the job (and array task), which a requeue keeps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import keras
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINTS = PROJECT_ROOT / "checkpoints"
+STATE = "state.json"
+
+
+def backup_dir(configured: str | None, output_dir: Path, job_num: int | None = None) -> Path:
+    """trainer.backup_dir, else <project>/checkpoints/<SLURM job> in a SLURM job, else <output_dir>/backup.
+
+    `job_num` (a multirun job's number) keeps the jobs of a sweep that runs inside one SLURM job
+    (basic launcher in sweep.sbatch) apart.
+    """
+    if configured:
+        return Path(configured).expanduser().resolve()
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return output_dir / "backup"
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    name = f"{os.environ.get('SLURM_CLUSTER_NAME', 'slurm')}-{job}"
+    if job_num is not None:
+        name += f"-{job_num}"
+    return CHECKPOINTS / name
+
+
+def fingerprint(params: dict[str, str]) -> str:
+    """A hash of the resolved config: a backup is only resumed by the configuration that made it."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Backup(keras.callbacks.Callback):
+    """The backup folder of one run, and the Keras callback that commits each finished epoch.
+
+    Put it before `tracking.MLflowMetrics` in the callback list (see the module docstring).
+    """
+
+    def __init__(self, folder: Path, config_hash: str):
+        super().__init__()
+        self.folder = Path(folder)
+        self.config_hash = config_hash
+        self.state = self._read()
+        self._epoch_start = 0.0
+
+    def _read(self) -> dict:
+        path = self.folder / STATE
+        fresh = {"config": self.config_hash, "run_id": None, "epochs": [], "weights": None}
+        if not path.exists():
+            return fresh
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            log.warning("Unreadable backup %s (%s): starting afresh", path, err)
+            return fresh
+        if state.get("config") != self.config_hash:
+            log.warning("The backup in %s was made by another configuration: starting afresh", self.folder)
+            return fresh
+        return state
+
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run this backup belongs to (None: no run started yet)."""
+        return self.state["run_id"]
+
+    @property
+    def epochs(self) -> list[dict[str, float]]:
+        """Every finished epoch's logs (epoch k at index k-1), including `epoch_time_s`."""
+        return self.state["epochs"]
+
+    @property
+    def history(self) -> dict[str, list[float]]:
+        """The finished epochs as Keras's History.history, over all starts of the run."""
+        keys = [k for k in (self.epochs[0] if self.epochs else {}) if k != "epoch_time_s"]
+        return {k: [e[k] for e in self.epochs] for k in keys}
+
+    def record_run(self, run_id: str) -> None:
+        """Remember the MLflow run before the first epoch, so a requeue before it ends reopens it."""
+        if self.state["run_id"] != run_id:
+            self.state["run_id"] = run_id
+            self._commit()
+
+    def restore(self, model: keras.Model) -> int:
+        """Load the last finished epoch's weights (model and optimizer); return the epoch to start from.
+
+        Call inside the strategy scope, after `model.compile`.
+        """
+        if not self.state["weights"]:
+            return 0
+        model.optimizer.build(model.trainable_variables)  # an unbuilt optimizer would skip its variables
+        model.load_weights(self.folder / self.state["weights"])
+        done = len(self.epochs)
+        log.info("Resuming from %s: %d epoch(s) already finished", self.folder, done)
+        return done
+
+    def discard(self) -> None:
+        """The run finished: nothing is left to resume."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    # Keras callback ------------------------------------------------------------------------------
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
+        values["epoch_time_s"] = time.perf_counter() - self._epoch_start
+        if not math.isfinite(values.get("loss", 0.0)):
+            return  # a diverged epoch is not worth resuming from; the run fails after fit
+        assert epoch == len(self.epochs), f"epoch {epoch + 1} does not follow the backup's {len(self.epochs)}"
+        weights = f"epoch-{epoch + 1}.weights.h5"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_weights(self.folder / weights)
+        previous = self.state["weights"]
+        self.state = {**self.state, "epochs": [*self.epochs, values], "weights": weights}
+        self._commit()
+        if previous and previous != weights:
+            (self.folder / previous).unlink(missing_ok=True)
+
+    def _commit(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{STATE}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(self.state, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before it replaces the old state
+        os.replace(tmp, self.folder / STATE)
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,223 @@
+"""One MLflow parent run per multirun, every job a child run, and a summary when the sweep ends.
+
+A Hydra callback (conf/config.yaml, hydra.callbacks.mlflow_sweep) runs in the sweep's driver:
+- on_multirun_start creates the parent run, before any job starts, and records its id in
+  `<sweep dir>/mlflow_parent.json`; each job (local, or a SLURM array task on another node of the
+  shared filesystem) reads it there and starts its run as a child (`parent_run`);
+- on_multirun_end puts a summary on the parent: a Markdown table of the children (the overrides
+  that vary, final validation and test metrics), the best run named in tags, and prints it to the
+  driver's log. If the sweep stops early (a job failed or crashed, the driver was killed), the same
+  summary is written at exit and the parent ends FAILED; children whose process died without
+  ending their run are marked FAILED then, so nothing stays RUNNING.
+
+Works the same with the basic launcher and with hydra/launcher=slurm (hydra-submitit-launcher).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+PARENT_FILE = "mlflow_parent.json"
+SUMMARY_FILE = "sweep_summary.md"
+METRICS = ("val_loss", "val_accuracy", "test_loss", "test_accuracy")
+
+
+def parent(hc) -> tuple[str | None, dict[str, str]]:
+    """In a multirun job: the parent run's id and the tags a child carries; else (None, {})."""
+    if hc.mode != RunMode.MULTIRUN:
+        return None, {}
+    path = Path(hc.sweep.dir) / PARENT_FILE
+    if not path.exists():  # the callback was switched off: jobs are plain runs
+        return None, {}
+    record = json.loads(path.read_text())
+    # Exact override strings (values may hold spaces, commas, '='), for the summary's table.
+    return record["run_id"], {"sweep.overrides": json.dumps(list(hc.overrides.task)), "sweep.job_num": str(hc.job.num)}
+
+
+class MLflowSweep(Callback):
+    def __init__(self) -> None:
+        self.parent_run_id: str | None = None
+        self.sweep_dir: Path | None = None
+        self.monitor = "val_loss"
+        self._ended = False
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from . import tracking
+
+        try:
+            self._start(config)
+        except tracking.TrackingError as err:
+            # Hydra would only warn about a callback's exception and run the jobs anyway.
+            log.error("%s", err)
+            sys.exit(2)
+
+    def _start(self, config: DictConfig) -> None:
+        from mlflow.tracking import MlflowClient
+
+        from . import tracking
+
+        self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        self.monitor = config.trainer.monitor
+        uri = tracking.tracking_uri(config.tracking.tracking_uri)
+        experiment_id = tracking.connect(uri, config.tracking.experiment_name)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        record = self.sweep_dir / PARENT_FILE
+        try:
+            # "x": exclusive creation, so two sweeps can never share a folder (nor a parent run)
+            handle = open(record, "x")
+        except FileExistsError:
+            raise tracking.TrackingError(
+                f"the sweep folder {self.sweep_dir} already belongs to another sweep ({record} exists).\n"
+                "Fix: leave hydra.sweep.dir at its default, or give this sweep a new folder."
+            ) from None
+        tags = {
+            "sweep.dir": str(self.sweep_dir),
+            "sweep.overrides": json.dumps(list(config.hydra.overrides.task)),
+            "host": socket.gethostname(),
+        }
+        if os.environ.get("SLURM_JOB_ID"):  # the driver itself is a job (slurm/sweep.sbatch)
+            tags["slurm.job_id"] = os.environ["SLURM_JOB_ID"]
+        client = MlflowClient(uri)
+        run = client.create_run(experiment_id, tags=tags, run_name=f"sweep {self.sweep_dir.name}")
+        self.parent_run_id = run.info.run_id
+        with handle:
+            json.dump({"run_id": self.parent_run_id, "experiment_id": experiment_id, "tracking_uri": uri}, handle)
+        log.info("MLflow parent run %s for the sweep in %s", self.parent_run_id, self.sweep_dir)
+        self._uri = uri
+        atexit.register(self._end_unfinished)
+        if threading.current_thread() is threading.main_thread():
+            # scancel of the driver: exit through atexit, so the parent gets its summary and ends
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if self.parent_run_id:
+            try:
+                self._finish("FINISHED")
+            except Exception:
+                log.exception("Could not write the sweep summary")
+                self._ended = False  # try again at exit, ending the parent FAILED
+
+    def _end_unfinished(self) -> None:
+        if self.parent_run_id and not self._ended:
+            log.error("The sweep did not complete: summarising what ran")
+            self._finish("FAILED", reason="the sweep did not complete: a job failed or the driver was stopped")
+
+    def _finish(self, status: str, reason: str | None = None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self._ended = True
+        client = MlflowClient(self._uri)
+        children = _children(client, self.parent_run_id)
+        if status != "FINISHED":
+            _end_dead(client, children)
+            children = _children(client, self.parent_run_id)
+        text, best = summary(children, self.monitor)
+        client.log_text(self.parent_run_id, text, SUMMARY_FILE)
+        (self.sweep_dir / SUMMARY_FILE).write_text(text)
+        tags = {"sweep.children": str(len(children))}
+        if best is not None:
+            tags.update(
+                {
+                    "best_run_id": best.info.run_id,
+                    "best_run_name": best.info.run_name,
+                    f"best_{self.monitor}": str(best.data.metrics.get(self.monitor)),
+                }
+            )
+        if reason:
+            tags["failure_reason"] = reason
+        for key, value in tags.items():
+            client.set_tag(self.parent_run_id, key, value)
+        client.set_terminated(self.parent_run_id, status)
+        log.info("Sweep summary (MLflow parent run %s, %s):\n%s", self.parent_run_id, status, text)
+
+
+def _children(client, parent_run_id: str) -> list:
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    return sorted(runs, key=lambda run: int(run.data.tags.get("sweep.job_num", 0)))  # in the sweep's order
+
+
+def summary(children: list, monitor: str = "val_loss") -> tuple[str, object | None]:
+    """A Markdown table of the children (overrides that vary, final metrics) and the best finished child."""
+    overrides = [_overrides(run) for run in children]
+    keys = sorted({k for o in overrides for k in o})
+    varying = [k for k in keys if len({o.get(k) for o in overrides}) > 1] or keys
+    columns = ["run", "status", *varying, *METRICS, "slurm job"]
+    rows = []
+    for run, o in zip(children, overrides):
+        m = run.data.metrics
+        job = run.data.tags.get("slurm.job_id", "")
+        if run.data.tags.get("slurm.array_task_id"):
+            job = f"{run.data.tags.get('slurm.array_job_id')}_{run.data.tags['slurm.array_task_id']}"
+        rows.append(
+            [run.info.run_id[:8], run.info.status, *(o.get(k, "") for k in varying),
+             *(f"{m[k]:.4f}" if k in m else "" for k in METRICS), job]
+        )
+    finished = [r for r in children if r.info.status == "FINISHED" and monitor in r.data.metrics]
+    lower_is_better = monitor.endswith("loss")
+    best = None
+    if finished:
+        best = (min if lower_is_better else max)(finished, key=lambda r: r.data.metrics[monitor])
+    lines = [
+        f"# Sweep: {len(children)} runs, {sum(r.info.status == 'FINISHED' for r in children)} finished",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows),
+        "",
+        (
+            f"Best run by final {monitor} ({'lowest' if lower_is_better else 'highest'}): "
+            f"{best.info.run_id[:8]} ({' '.join(f'{k}={v}' for k, v in _overrides(best).items() if k in varying)}), "
+            f"{monitor} = {best.data.metrics[monitor]:.4f}, run id {best.info.run_id}"
+            if best
+            else f"No finished run has {monitor}."
+        ),
+    ]
+    return "\n".join(lines) + "\n", best
+
+
+def _overrides(run) -> dict[str, str]:
+    raw = run.data.tags.get("sweep.overrides")
+    items = json.loads(raw) if raw else []
+    return dict(item.partition("=")[::2] for item in items)
+
+
+def _end_dead(client, children: list) -> None:
+    """Mark FAILED the children still RUNNING whose process is gone (killed hard, node lost)."""
+    for run in children:
+        if run.info.status != "RUNNING" or _job_alive(run.data.tags):
+            continue
+        client.set_tag(run.info.run_id, "failure_reason", "its job ended without ending the run (killed or crashed)")
+        client.set_terminated(run.info.run_id, "FAILED")
+        log.error("Child run %s (%s) died without ending: marked FAILED", run.info.run_name, run.info.run_id)
+
+
+def _job_alive(tags: dict) -> bool:
+    """Is the run's SLURM job still pending or running (a requeued job comes back)? Local jobs ran in
+    this process, so a local child still RUNNING when the sweep ends is dead."""
+    job = tags.get("slurm.job_id")
+    if not job or not shutil.which("squeue"):
+        return False
+    try:
+        state = subprocess.run(
+            ["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=30
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return True  # cannot tell: leave it alone
+    return state in {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD"}
