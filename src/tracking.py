@@ -85,8 +85,8 @@ def connect(uri: str, experiment_name: str) -> str:
         if experiment is not None:
             return experiment.experiment_id
         location = None
-        if uri == tracking_uri(None):  # the default store keeps artifacts beside its database
-            location = (DEFAULT_STORE / "artifacts").as_uri()
+        if uri.startswith("sqlite:///"):  # artifacts beside the database, not in whatever folder we run from
+            location = (Path(uri[len("sqlite:///") :]).parent / "artifacts").as_uri()
         try:
             return mlflow.create_experiment(experiment_name, artifact_location=location)
         except mlflow.exceptions.MlflowException:  # created by a concurrent job meanwhile

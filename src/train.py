@@ -48,10 +48,10 @@ def main(cfg: DictConfig) -> float:
     except USER_ERRORS as err:
         if multirun:
             raise  # Hydra marks this job failed and still runs the rest of the sweep
-        log.error("%s", err)
+        print(f"Error: {err}", file=sys.stderr)
         sys.exit(2)
     except (KeyboardInterrupt, tracking.Terminated):
-        log.error("interrupted: the MLflow run was ended KILLED with the metrics logged so far")
+        print("Interrupted: any MLflow run was ended KILLED, keeping the metrics logged so far.", file=sys.stderr)
         sys.exit(130)
 
 

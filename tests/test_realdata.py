@@ -1,0 +1,51 @@
+"""Accuracy on the real MNIST and IMDB files (Keras's downloads). Skipped, with the reason, without them.
+
+Run with:  LE5_REAL_DATA_DIR=/path/to/folder/with/npz pytest -m realdata
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import REAL_DATA, compose
+
+pytestmark = [
+    pytest.mark.realdata,
+    pytest.mark.skipif(
+        not ((REAL_DATA / "mnist.npz").is_file() and (REAL_DATA / "imdb.npz").is_file()),
+        reason=f"real mnist.npz/imdb.npz not in {REAL_DATA} (set LE5_REAL_DATA_DIR)",
+    ),
+]
+
+
+def _train(store, experiment, tmp_path, *overrides):
+    import mlflow
+
+    from src import train
+
+    cfg = compose(
+        [
+            f"data_dir={REAL_DATA}",
+            f"tracking.tracking_uri={store}",
+            f"tracking.experiment_name={experiment}",
+            "dataset.download=false",
+            "hardware=cpu",
+            *overrides,
+        ],
+        output_dir=tmp_path,
+    )
+    train.train(cfg)
+    (run,) = mlflow.search_runs(experiment_names=[experiment], output_format="list")
+    return run
+
+
+def test_mnist_baseline_reaches_97_percent(store, experiment, tmp_path):
+    run = _train(store, experiment, tmp_path)  # the lab's defaults: 5 epochs, batch 128, rmsprop
+    print(f"MNIST dense test accuracy: {run.data.metrics['test_accuracy']:.4f}")
+    assert run.data.metrics["test_accuracy"] >= 0.97
+
+
+def test_imdb_dense_reaches_87_percent_after_4_epochs(store, experiment, tmp_path):
+    run = _train(store, experiment, tmp_path, "model=imdb_dense", "trainer.epochs=4")
+    print(f"IMDB dense test accuracy (4 epochs): {run.data.metrics['test_accuracy']:.4f}")
+    assert run.data.metrics["test_accuracy"] >= 0.87

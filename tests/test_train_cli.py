@@ -1,0 +1,49 @@
+"""`python -m src.train` as users run it: a run, a local multirun, and refusals before training."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from conftest import base_overrides, run_cli
+
+
+@pytest.fixture
+def cli_args(data_dir, store, experiment, tmp_path):
+    return [*base_overrides(data_dir, store, experiment), f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep"]
+
+
+def _runs(experiment):
+    return mlflow.search_runs(experiment_names=[experiment], output_format="list")
+
+
+def test_imdb_dropout_from_the_command_line(cli_args, experiment):
+    result = run_cli([*cli_args, "model=imdb_dropout"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Training on CPU" in result.stdout and "val_accuracy:" in result.stdout  # Keras's epoch line
+    (run,) = _runs(experiment)
+    assert run.info.status == "FINISHED" and run.data.tags["model"] == "imdb_dropout"
+    assert run.info.run_id in result.stdout and "mlflow ui --backend-store-uri" in result.stdout
+
+
+def test_local_multirun_makes_one_finished_run_per_point(cli_args, experiment):
+    result = run_cli(["-m", *cli_args, "optimizer.learning_rate=0.01,0.001"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [r for r in _runs(experiment) if "optimizer.learning_rate" in r.data.params]
+    assert sorted(r.data.params["optimizer.learning_rate"] for r in runs) == ["0.001", "0.01"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_typo_fails_at_composition_naming_the_key(cli_args, experiment):
+    result = run_cli([*cli_args, "trainer.epocs=3"])
+    assert result.returncode != 0
+    assert "Could not override 'trainer.epocs'" in result.stderr and "Key 'epocs' not in 'TrainerConfig'" in result.stderr
+    assert _runs(experiment) == []
+
+
+def test_model_dataset_mismatch_is_refused_before_a_run_exists(cli_args, experiment):
+    result = run_cli([*cli_args, "model=imdb_dense", "dataset=mnist"])
+    assert result.returncode == 2
+    assert "model=imdb_dense is built for dataset=imdb, not dataset=mnist" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert _runs(experiment) == []
