@@ -47,6 +47,7 @@ class ModelConfig:
     units: List[int] = field(default_factory=list)  # hidden Dense layers
     activation: str = "relu"
     rate: float = 0.0  # Dropout after each hidden Dense layer; 0 = no Dropout layer
+    l2: float = 0.0  # keras.regularizers.L2(l2) on each hidden Dense layer's kernel; 0 = none
     filters: List[int] = field(default_factory=list)  # Conv2D blocks (mnist_cnn)
     kernel_size: int = 3
 
@@ -132,6 +133,8 @@ def validate(cfg: DictConfig | Any) -> None:
         problems.append(f"optimizer.momentum={cfg.optimizer.momentum}: must be in [0, 1)")
     if not 0 <= cfg.model.rate < 1:
         problems.append(f"model.rate={cfg.model.rate}: a dropout rate must be in [0, 1)")
+    if cfg.model.l2 < 0:
+        problems.append(f"model.l2={cfg.model.l2}: an L2 penalty must be >= 0")
     if any(u < 1 for u in cfg.model.units):
         problems.append(f"model.units={list(cfg.model.units)}: every layer needs >= 1 unit")
     if cfg.dataset.validation_size < 1:
