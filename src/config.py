@@ -38,6 +38,7 @@ class DatasetConfig:
     # The first `validation_size` training samples are held out for validation (the lab's IMDB split).
     validation_size: int = MISSING
     num_words: Optional[int] = None  # IMDB: keep the most frequent words; multi-hot dimension
+    num_bins: int = 0  # IMDB: hashed bigram columns after the words (keras.layers.Hashing's num_bins); 0 = words only
     download: bool = True  # fetch through Keras when the file is missing; false on offline nodes
 
 
@@ -141,6 +142,8 @@ def validate(cfg: DictConfig | Any) -> None:
         problems.append(f"dataset.validation_size={cfg.dataset.validation_size}: must be >= 1")
     if cfg.dataset.num_words is not None and cfg.dataset.num_words < 4:
         problems.append(f"dataset.num_words={cfg.dataset.num_words}: must be >= 4 (indices 0-3 are reserved)")
+    if cfg.dataset.num_bins < 0:
+        problems.append(f"dataset.num_bins={cfg.dataset.num_bins}: must be >= 0 (0 = no bigram columns)")
     if cfg.hardware.strategy == Strategy.mirrored and cfg.hardware.accelerator == Accelerator.cpu:
         problems.append("hardware.strategy=mirrored with hardware.accelerator=cpu: use hardware=multi_gpu or hardware=cpu")
 
