@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Screenshot a page of the MLflow UI without a display (how docs/img/mlflow_ui_*.png were made):
-#   bash docs/ui_screenshot.sh '#/compare-runs?runs=["ID1","ID2"]&experiments=["1"]' docs/img/out.png [1600,1000]
+#   [VIRTUAL_TIME_MS=60000] bash docs/ui_screenshot.sh '#/compare-runs?runs=["ID1","ID2"]&experiments=["1"]' docs/img/out.png [1600,1000]
 # Starts `mlflow ui` on the project's store (127.0.0.1, a free port), lets headless Chromium render the
 # JavaScript app, then stops the UI. Needs Debian's `chromium` package (run as root: --no-sandbox).
 set -euo pipefail
@@ -15,6 +15,6 @@ for _ in $(seq 120); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && b
 profile=$(mktemp -d)
 chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update \
   --no-first-run --hide-scrollbars --user-data-dir="$profile" --window-size="$size" \
-  --virtual-time-budget=30000 --screenshot="$out" "http://127.0.0.1:$port/$page" 2>/dev/null
+  --virtual-time-budget="${VIRTUAL_TIME_MS:-30000}" --screenshot="$out" "http://127.0.0.1:$port/$page" 2>/dev/null
 rm -rf "$profile"
 echo "wrote $out"

@@ -57,10 +57,12 @@ def compare(histories: dict[str, dict[str, list[float]]], path: Path, title: str
         ax.xaxis.get_major_locator().set_params(integer=True)
     handles, names = axes[0].get_legend_handles_labels()
     bottom = 0.0
-    if handles:  # below the axes, as many columns as the longest label allows
+    if handles:  # below the axes, as many columns as the longest label allows; the figure grows per row
         ncol = max(1, min(len(names), 150 // (max(len(n) for n in names) + 8)))
+        legend_rows = -(-len(names) // ncol)
+        fig.set_figheight(4.5 + 0.22 * legend_rows)
         fig.legend(handles, names, loc="lower center", ncol=ncol, fontsize="small", frameon=False)
-        bottom = 0.05 * (-(-len(names) // ncol)) + 0.02
+        bottom = (0.22 * legend_rows + 0.15) / fig.get_figheight()
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, bottom, 1, 1))
