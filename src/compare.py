@@ -222,8 +222,8 @@ def report(title: str, command: str, uri: str, summaries, header, rows, plot_nam
         f"# {title}\n\n"
         f"Made by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from `{uri}`.\n\n"
         f"{markdown_table(header, rows)}\n\n"
-        "best = lowest val_loss / highest val_accuracy, with its epoch (counted from 1); wall s = the run's "
-        "start to end, data loading included.\n\n"
+        "best = lowest val_loss / highest val_accuracy, with its epoch (counted from 1); wall s = the MLflow run's "
+        "start to end (building, training, testing, logging; the data is loaded before the run starts).\n\n"
         f"![validation loss and accuracy per epoch]({plot_name})\n\n"
         f"Runs:\n\n{runs}\n"
     )
