@@ -68,12 +68,21 @@ def test_sweep_presets_vary_exactly_one_thing():
         assert len(params) == 1, f"{name} sweeps {dict(params)}"
 
 
-def test_early_stopping_preset_restores_the_best_epoch():
-    cfg = compose(["+experiment=imdb_early_stopping"])
-    assert cfg.trainer.early_stopping_patience is not None and cfg.trainer.monitor == "val_loss"
-    callbacks = train._callbacks(cfg, run_id="unused")
-    stopper = next(c for c in callbacks if c.__class__.__name__ == "EarlyStopping")
-    assert stopper.restore_best_weights
+def test_early_stopping_preset_restores_the_best_epoch(data_dir, store, tmp_path, monkeypatch):
+    import keras
+
+    made = []
+
+    class Recorded(keras.callbacks.EarlyStopping):  # the real callback, remembered when train() makes it
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(keras.callbacks, "EarlyStopping", Recorded)
+    overrides = ["+experiment=imdb_early_stopping", *base_overrides(data_dir, store, "test-preset-early-stopping")]
+    train.train(compose(overrides, output_dir=tmp_path))
+    assert len(made) == 1
+    assert (made[0].monitor, made[0].patience, made[0].restore_best_weights) == ("val_loss", 2, True)
 
 
 def test_imdb_presets_differ_from_the_baseline_only_where_they_say():
