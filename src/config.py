@@ -38,6 +38,7 @@ class DatasetConfig:
     # The first `validation_size` training samples are held out for validation (the lab's IMDB split).
     validation_size: int = MISSING
     num_words: Optional[int] = None  # IMDB: keep the most frequent words; multi-hot dimension
+    num_bins: int = 0  # IMDB: hashed bigram columns after the words (keras.layers.Hashing's num_bins); 0 = words only
     download: bool = True  # fetch through Keras when the file is missing; false on offline nodes
 
 
@@ -47,6 +48,7 @@ class ModelConfig:
     units: List[int] = field(default_factory=list)  # hidden Dense layers
     activation: str = "relu"
     rate: float = 0.0  # Dropout after each hidden Dense layer; 0 = no Dropout layer
+    l2: float = 0.0  # keras.regularizers.L2(l2) on each hidden Dense layer's kernel; 0 = none
     filters: List[int] = field(default_factory=list)  # Conv2D blocks (mnist_cnn)
     kernel_size: int = 3
 
@@ -136,12 +138,16 @@ def validate(cfg: DictConfig | Any) -> None:
         problems.append(f"optimizer.momentum={cfg.optimizer.momentum}: must be in [0, 1)")
     if not 0 <= cfg.model.rate < 1:
         problems.append(f"model.rate={cfg.model.rate}: a dropout rate must be in [0, 1)")
+    if cfg.model.l2 < 0:
+        problems.append(f"model.l2={cfg.model.l2}: an L2 penalty must be >= 0")
     if any(u < 1 for u in cfg.model.units):
         problems.append(f"model.units={list(cfg.model.units)}: every layer needs >= 1 unit")
     if cfg.dataset.validation_size < 1:
         problems.append(f"dataset.validation_size={cfg.dataset.validation_size}: must be >= 1")
     if cfg.dataset.num_words is not None and cfg.dataset.num_words < 4:
         problems.append(f"dataset.num_words={cfg.dataset.num_words}: must be >= 4 (indices 0-3 are reserved)")
+    if cfg.dataset.num_bins < 0:
+        problems.append(f"dataset.num_bins={cfg.dataset.num_bins}: must be >= 0 (0 = no bigram columns)")
     if cfg.hardware.strategy == Strategy.mirrored and cfg.hardware.accelerator == Accelerator.cpu:
         problems.append("hardware.strategy=mirrored with hardware.accelerator=cpu: use hardware=multi_gpu or hardware=cpu")
 

@@ -156,12 +156,15 @@ def mnist_arrays(path: Path) -> dict[str, np.ndarray]:
     return a
 
 
-def imdb_sequences(path: Path, num_words: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def imdb_sequences(path: Path, num_words: int, num_bins: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Reviews as CSR rows (row_splits, word indices) plus labels, per split.
 
     Reproduces keras.datasets.imdb.load_data(num_words=...) exactly (shuffle with seed 113,
     start character 1, indices offset by 3, rare words -> 2), vectorised over all reviews.
     Each row keeps its distinct word indices in ascending order: what a multi-hot vector needs.
+    With `num_bins` > 0, each pair of neighbouring words (a bigram, over the full vocabulary) also
+    sets one of `num_bins` hashed columns after the words, like keras.layers.Hashing(num_bins):
+    word order that single words cannot see ("not good").
     """
     a = read_npz(path)
     rng = np.random.RandomState(IMDB_SHUFFLE_SEED)
@@ -171,18 +174,30 @@ def imdb_sequences(path: Path, num_words: int) -> dict[str, tuple[np.ndarray, np
         rng.shuffle(order)
         reviews, labels = a[f"x_{split}"][order], a[f"y_{split}"][order].astype(np.float32)
         lengths = np.fromiter((len(r) for r in reviews), dtype=np.int64, count=len(reviews))
-        words = np.concatenate([np.asarray(r, dtype=np.int64) for r in reviews]) + INDEX_FROM
-        words[words >= num_words] = OOV_CHAR
+        raw = np.concatenate([np.asarray(r, dtype=np.int64) for r in reviews]) + INDEX_FROM
+        words = np.where(raw >= num_words, OOV_CHAR, raw)
         rows = np.repeat(np.arange(len(reviews)), lengths)
+        width = num_words + num_bins
+        if num_bins:
+            rows, words = _with_bigrams(rows, words, raw, num_words, num_bins)
         # one start character per review, then distinct (row, word) pairs in row-major order
         rows = np.concatenate([np.arange(len(reviews)), rows])
         words = np.concatenate([np.full(len(reviews), START_CHAR), words])
-        keys = np.sort(rows * num_words + words)  # sort + mask: np.unique's hashing is 6x slower here
+        keys = np.sort(rows * width + words)  # sort + mask: np.unique's hashing is 6x slower here
         keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
-        rows, words = np.divmod(keys, num_words)
+        rows, words = np.divmod(keys, width)
         row_splits = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(reviews)))])
         out[split] = (row_splits, words.astype(np.int64), labels)
     return out
+
+
+def _with_bigrams(rows, words, raw, num_words: int, num_bins: int):
+    """Append each review's neighbouring-word pairs as columns num_words + hash(pair) % num_bins."""
+    same = rows[1:] == rows[:-1]  # both words in the same review
+    pairs = (raw[:-1][same] << 20) + raw[1:][same]  # word indices are < 2**20 (IMDB has ~88,600 words)
+    hashed = (pairs.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)  # Fibonacci hashing
+    bins = num_words + (hashed % np.uint64(num_bins)).astype(np.int64)
+    return np.concatenate([rows, rows[1:][same]]), np.concatenate([words, bins])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,8 +285,8 @@ def _mnist(path: Path, cfg, batch_size: int, seed: int) -> Data:
 def _imdb(path: Path, cfg, batch_size: int, seed: int) -> Data:
     import tensorflow as tf
 
-    seqs = imdb_sequences(path, cfg.num_words)
-    num_words = cfg.num_words
+    seqs = imdb_sequences(path, cfg.num_words, cfg.num_bins)
+    num_words = cfg.num_words + cfg.num_bins  # the multi-hot width: words, then hashed bigrams
     train_splits, train_words, train_labels = seqs["train"]
     v = cfg.validation_size
     _split_check("imdb", len(train_labels), v)

@@ -54,7 +54,8 @@ def build_model(cfg, input_shape: tuple, num_classes: int) -> keras.Model:
 
 def _hidden_stack(x, cfg):
     for units in cfg.units:
-        x = layers.Dense(units, activation=cfg.activation)(x)
+        regularizer = keras.regularizers.L2(cfg.l2) if cfg.l2 else None
+        x = layers.Dense(units, activation=cfg.activation, kernel_regularizer=regularizer)(x)
         if cfg.rate:
             x = layers.Dropout(cfg.rate)(x)
     return x
