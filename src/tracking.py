@@ -6,8 +6,10 @@ Metric steps are epoch numbers counted from 1, as Keras prints them ("Epoch 1/5"
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,12 +27,25 @@ from omegaconf import OmegaConf
 
 import keras
 
+from .outbox import Outbox
+from .outbox import import_command as outbox_import_command
+from .preflight import check_folder
+
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STORE = PROJECT_ROOT / "mlruns"
 # Names that must never reach MLflow as params, tags or artifacts.
 SECRET_MARKERS = ("TOKEN", "PASSWORD", "SECRET", "KEY")
+# MLflow's HTTP client retries 7 times with a backoff factor of 2 (minutes) and waits 120 s per
+# request by default: a lost server would stall every epoch. These short defaults give up after
+# a few seconds and leave the rest to the Outbox; a user's own settings win.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+STORE_SCHEMES = ("http://", "https://", "sqlite:///", "postgresql", "mysql", "mssql", "file:", "databricks")
 
 
 class TrackingError(RuntimeError):
@@ -57,50 +72,90 @@ def connect(uri: str, experiment_name: str) -> str:
 
     Runs before any data is loaded, so an unreachable server or an unwritable folder costs seconds.
     """
+    if not uri.startswith(STORE_SCHEMES) and not Path(uri).is_absolute():
+        raise TrackingError(
+            f"tracking.tracking_uri={uri!r} is not a tracking store URI.\n"
+            "Fix: use http://127.0.0.1:5000 (a server), sqlite:////abs/path/mlflow.db (a file), "
+            "or drop it for the default sqlite store under mlruns/."
+        )
     if uri.startswith(("http://", "https://")):
+        for var, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(var, value)
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
                 response.read()
         except (urllib.error.URLError, OSError) as err:
             raise TrackingError(
-                f"the MLflow server at {uri} does not answer ({err}).\n"
+                f"the MLflow server at {redact(uri)} does not answer ({err}).\n"
                 "Fix: start it (bash slurm/mlflow_server.sh), check the host and port, "
                 "or drop tracking.tracking_uri to use the local SQLite store."
             ) from err
     elif uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///") :]).parent
-        try:
+        with contextlib.suppress(OSError):  # when it cannot be made, check_folder says why
             folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-        except OSError as err:
-            raise TrackingError(
-                f"cannot write the tracking store's folder {folder} ({err.strerror}).\n"
-                "Fix: free space or fix its permissions, or set tracking.tracking_uri / MLFLOW_TRACKING_URI "
-                "to a writable place."
-            ) from err
+        check_folder(
+            folder,
+            "tracking store's folder",
+            "free space or fix its permissions, or set tracking.tracking_uri / MLFLOW_TRACKING_URI to a writable place.",
+        )
     mlflow.set_tracking_uri(uri)
     try:
-        experiment = mlflow.get_experiment_by_name(experiment_name)
-        if experiment is not None:
-            return experiment.experiment_id
-        location = None
-        if uri.startswith("sqlite:///"):  # artifacts beside the database, not in whatever folder we run from
-            location = (Path(uri[len("sqlite:///") :]).parent / "artifacts").as_uri()
-        try:
-            return mlflow.create_experiment(experiment_name, artifact_location=location)
-        except mlflow.exceptions.MlflowException:  # created by a concurrent job meanwhile
-            return mlflow.get_experiment_by_name(experiment_name).experiment_id
+        with _first_use_lock(uri):
+            return _experiment_id(uri, experiment_name)
     except mlflow.exceptions.MlflowException as err:
-        raise TrackingError(f"the tracking store {uri} refused the experiment {experiment_name!r}: {err}") from err
+        raise TrackingError(
+            f"the tracking store {redact(uri)} cannot be used for experiment {experiment_name!r}: "
+            f"{str(err).splitlines()[0]}\nFix: check tracking.tracking_uri / MLFLOW_TRACKING_URI."
+        ) from err
 
 
 @contextlib.contextmanager
-def run(experiment_id: str, run_name: str, tags: dict, parent_run_id: str | None = None, resume_run_id: str | None = None):
+def _first_use_lock(uri: str):
+    """Serialise the first use of a SQLite store between processes.
+
+    Jobs of an array that start together would otherwise all create a fresh store's tables at
+    once (alembic: "table _alembic_tmp_experiments already exists"). An flock on a file beside the
+    database; Linux NFS clients map it to NFS locks. Held only while connecting.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    with open(uri[len("sqlite:///") :] + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _experiment_id(uri: str, experiment_name: str) -> str:
+    experiment = mlflow.get_experiment_by_name(experiment_name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):  # artifacts beside the database, not in whatever folder we run from
+        location = (Path(uri[len("sqlite:///") :]).parent / "artifacts").as_uri()
+    try:
+        return mlflow.create_experiment(experiment_name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created by a concurrent job meanwhile
+        return mlflow.get_experiment_by_name(experiment_name).experiment_id
+
+
+@contextlib.contextmanager
+def run(
+    experiment_id: str,
+    run_name: str,
+    tags: dict,
+    parent_run_id: str | None = None,
+    resume_run_id: str | None = None,
+    outbox: Outbox | None = None,
+):
     """An MLflow run that always ends: FINISHED, FAILED (exception) or KILLED (Ctrl-C, SIGTERM, requeue).
 
     The reason of a failure goes into the `failure_reason` tag; metrics logged so far stay.
     `resume_run_id` reopens that run (a requeued job continues its run) instead of starting one.
+    With an `outbox`, a store that stopped answering gets the end (and tag) later, from its file.
     """
     if resume_run_id and not _resumable(resume_run_id, experiment_id):
         resume_run_id = None
@@ -113,22 +168,28 @@ def run(experiment_id: str, run_name: str, tags: dict, parent_run_id: str | None
     uri = mlflow.get_tracking_uri()
     log.info(
         "MLflow run %s (%s) in experiment %s at %s%s",
-        run_name, active.info.run_id, experiment_id, uri, " (resumed)" if resume_run_id else "",
+        run_name, active.info.run_id, experiment_id, redact(uri), " (resumed)" if resume_run_id else "",
     )
     restore = _sigterm_raises()
     try:
         yield active
     except (KeyboardInterrupt, Terminated, SystemExit) as err:  # SystemExit: submitit's requeue exits so
-        _end(active, "KILLED", f"{type(err).__name__}: interrupted")
+        _end(active, "KILLED", _interrupt_reason(err), outbox)
         raise
     except BaseException as err:
-        _end(active, "FAILED", f"{type(err).__name__}: {err}")
+        _end(active, "FAILED", f"{type(err).__name__}: {err}", outbox)
         raise
     else:
-        mlflow.end_run("FINISHED")
+        _end(active, "FINISHED", None, outbox)
         log.info("Run %s FINISHED. Compare runs: %s", active.info.run_id, ui_command(uri))
     finally:
         restore()
+        if outbox is not None and outbox.path.exists():
+            log.warning(
+                "The MLflow store %s missed some of run %s's records; they are kept in %s.\n"
+                "Import them when it answers again: %s", redact(uri), active.info.run_id, outbox.path,
+                outbox_import_command(outbox.path),
+            )
 
 
 def _resumable(run_id: str, experiment_id: str) -> bool:
@@ -142,12 +203,30 @@ def _resumable(run_id: str, experiment_id: str) -> bool:
     return True
 
 
-def _end(active, status: str, reason: str) -> None:
-    try:
-        mlflow.set_tag("failure_reason", reason[:4000])
-    finally:
-        mlflow.end_run(status)
-    log.error("Run %s ended %s: %s", active.info.run_id, status, reason)
+def _interrupt_reason(err: BaseException) -> str:
+    if isinstance(err, Terminated):
+        return f"Terminated: {err}: interrupted during training"  # "SIGTERM (signal 15)"
+    if isinstance(err, KeyboardInterrupt):
+        return "KeyboardInterrupt (Ctrl-C): interrupted during training"
+    return f"{type(err).__name__}: interrupted"
+
+
+def _end(active, status: str, reason: str | None, outbox: Outbox | None) -> None:
+    run_id = active.info.run_id
+    if outbox is None:
+        try:
+            if reason:
+                mlflow.set_tag("failure_reason", reason[:4000])
+        finally:
+            mlflow.end_run(status)
+    else:
+        if reason:
+            outbox.set_tag(run_id, "failure_reason", reason[:4000])
+        outbox.end(run_id, status)  # sent, or kept in the outbox's file with the import command
+        with contextlib.suppress(Exception):
+            mlflow.end_run(status)  # clears MLflow's active run (its own set_terminated repeats the outbox's)
+    if reason:
+        log.error("Run %s ended %s: %s", run_id, status, reason)
 
 
 def _sigterm_raises():
@@ -155,7 +234,7 @@ def _sigterm_raises():
         return lambda: None
 
     def handler(signum, frame):
-        raise Terminated(f"signal {signum}")
+        raise Terminated(f"{signal.Signals(signum).name} (signal {signum})")
 
     previous = signal.signal(signal.SIGTERM, handler)
     return lambda: signal.signal(signal.SIGTERM, previous)
@@ -169,34 +248,61 @@ def is_secret(name: str) -> bool:
     return any(marker in name.upper() for marker in SECRET_MARKERS)
 
 
+# `name=value` pairs (Hydra overrides, override_dirname) whose name looks secret, and the
+# password of a URL's user:password@ part (a tracking URI with credentials).
+_SECRET_ASSIGNMENT = re.compile(
+    r"([\w.+~/@-]*(?:%s)[\w.-]*)=('[^']*'|\"[^\"]*\"|[^,\s]*)" % "|".join(SECRET_MARKERS), re.IGNORECASE
+)
+_URL_PASSWORD = re.compile(r"(://[^/:@\s]+):[^@/\s]+@")
+REDACTED = "***"
+
+
+def redact(text: str) -> str:
+    """`text` with secret-looking override values and URL passwords replaced by ***."""
+    text = _SECRET_ASSIGNMENT.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+    return _URL_PASSWORD.sub(rf"\1:{REDACTED}@", text)
+
+
+def scrub(node):
+    """A config/YAML container without secret-looking keys and with redacted strings."""
+    if isinstance(node, dict):
+        return {k: scrub(v) for k, v in node.items() if not is_secret(str(k))}
+    if isinstance(node, list):
+        return [scrub(v) for v in node]
+    return redact(node) if isinstance(node, str) else node
+
+
 def params(cfg) -> dict[str, str]:
-    """The resolved config flattened to dotted keys, without secret-looking names."""
+    """The resolved config flattened to dotted keys, without secret-looking names or values."""
     flat: dict[str, str] = {}
 
     def walk(node, prefix):
         for key, value in node.items():
             name = f"{prefix}{key}"
-            if is_secret(str(key)):
-                continue
             if isinstance(value, dict):
                 walk(value, name + ".")
             else:
                 flat[name] = str(value)
 
-    walk(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "")
+    walk(scrub(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)), "")
     return flat
 
 
 def config_yaml(cfg) -> str:
     """The resolved config as YAML, with secret-looking keys removed."""
-    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    return OmegaConf.to_yaml(OmegaConf.create(scrub(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))))
 
-    def scrub(node):
-        if isinstance(node, dict):
-            return {k: scrub(v) for k, v in node.items() if not is_secret(str(k))}
-        return node
 
-    return OmegaConf.to_yaml(OmegaConf.create(scrub(container)))
+def hydra_files(hydra_dir: Path, into: Path) -> Path:
+    """Copies of Hydra's .hydra/*.yaml (config, hydra, overrides) with secrets scrubbed, in `into`.
+
+    overrides.yaml and hydra.yaml hold the command line verbatim, `hydra.job.env_set` included.
+    """
+    into.mkdir(parents=True, exist_ok=True)
+    for source in sorted(hydra_dir.glob("*.yaml")):
+        content = OmegaConf.to_container(OmegaConf.load(source), resolve=False)
+        (into / source.name).write_text(OmegaConf.to_yaml(OmegaConf.create(scrub(content))))
+    return into
 
 
 def tags(choices: dict, overrides: list[str]) -> dict[str, str]:
@@ -204,7 +310,7 @@ def tags(choices: dict, overrides: list[str]) -> dict[str, str]:
     import tensorflow as tf
 
     found = {group: str(choice) for group, choice in choices.items() if "/" not in group and not group.startswith("hydra")}
-    found["overrides"] = " ".join(o for o in overrides if not is_secret(o.split("=")[0])) or "(none)"
+    found["overrides"] = " ".join(redact(o) for o in overrides) or "(none)"
     commit, dirty = _git_state()
     found.update(
         {
@@ -248,15 +354,23 @@ class MLflowMetrics(keras.callbacks.Callback):
 
     A resumed run passes the backup's finished epochs: those MLflow lacks (the job died between
     committing the backup and logging) are sent at the start, and no step MLflow already has is
-    sent again, so each epoch is in the run exactly once.
+    sent again, so each epoch is in the run exactly once. Through an `outbox`, an epoch the store
+    does not take is kept in a file instead of stopping training.
     """
 
-    def __init__(self, run_id: str, client: MlflowClient | None = None, finished_epochs: list[dict] | None = None):
+    def __init__(
+        self,
+        run_id: str,
+        client: MlflowClient | None = None,
+        finished_epochs: list[dict] | None = None,
+        outbox: Outbox | None = None,
+    ):
         super().__init__()
         self.run_id = run_id
         self.client = client or MlflowClient()
         self.finished_epochs = finished_epochs or []
         self._logged: dict[str, set[int]] = {}
+        self.outbox = outbox
         self._epoch_start = 0.0
 
     def on_train_begin(self, logs=None):
@@ -284,8 +398,12 @@ class MLflowMetrics(keras.callbacks.Callback):
         values = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
         values["epoch_time_s"] = time.perf_counter() - self._epoch_start
         metrics = [Metric(k, v, now, epoch + 1) for k, v in values.items() if epoch + 1 not in self._logged.get(k, ())]
-        if metrics:
+        if not metrics:
+            return
+        if self.outbox is None:
             self.client.log_batch(self.run_id, metrics=metrics)
+        else:
+            self.outbox.log_metrics(self.run_id, metrics)
 
 
 def _is_number(value) -> bool:

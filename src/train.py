@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ start-up chatter
@@ -21,11 +22,12 @@ import hydra
 import keras
 import mlflow
 import numpy as np
+from mlflow.entities import Metric
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from . import config, data, hardware, models, plots, resume, sweep, tracking
+from . import config, data, hardware, models, outbox, plots, preflight, resume, sweep, tracking
 
 config.register()
 log = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ USER_ERRORS = (
     data.DataError,
     hardware.HardwareError,
     tracking.TrackingError,
+    preflight.FolderError,
     FloatingPointError,
 )
 
@@ -58,6 +61,8 @@ def main(cfg: DictConfig) -> float:
 def train(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     config.validate(cfg)
+    output_dir = Path(hc.runtime.output_dir)
+    preflight.check_folder(output_dir, "output folder", preflight.OUTPUT_FIX)
     uri = tracking.tracking_uri(cfg.tracking.tracking_uri)
     experiment_id = tracking.connect(uri, cfg.tracking.experiment_name)
 
@@ -72,8 +77,12 @@ def train(cfg: DictConfig) -> float:
     run_params = tracking.params(cfg)
     # Checkpoint of the last finished epoch, in a folder a requeued SLURM job finds again.
     job_num = hc.job.num if hc.mode == RunMode.MULTIRUN else None
-    backup = resume.for_run(cfg.trainer.backup_dir, Path(hc.runtime.output_dir), job_num, run_params)
-    with tracking.run(experiment_id, _run_name(hc), run_tags, parent_run_id, resume_run_id=backup.run_id) as run:
+    backup = resume.for_run(cfg.trainer.backup_dir, output_dir, job_num, run_params)
+    # Records the store does not take (a server lost mid-run) are kept here, to import later.
+    kept = outbox.Outbox(output_dir / outbox.FILENAME)
+    with tracking.run(
+        experiment_id, _run_name(hc), run_tags, parent_run_id, resume_run_id=backup.run_id, outbox=kept
+    ) as run:
         backup.record_run(run.info.run_id)
         mlflow.log_params(run_params)
         with strategy.scope():
@@ -92,7 +101,7 @@ def train(cfg: DictConfig) -> float:
             validation_data=ds.val,
             initial_epoch=initial_epoch,
             epochs=cfg.trainer.epochs,
-            callbacks=_callbacks(cfg, run.info.run_id, backup),
+            callbacks=_callbacks(cfg, run.info.run_id, backup, kept),
             verbose=cfg.trainer.verbose,
             shuffle=False,  # the pipeline reshuffles every epoch itself
         ).history
@@ -100,22 +109,23 @@ def train(cfg: DictConfig) -> float:
         history = backup.history  # every epoch, also those before a requeue
 
         test = model.evaluate(ds.test, return_dict=True, verbose=0)
-        mlflow.log_metrics({f"test_{k}": float(v) for k, v in test.items()})
+        now = int(time.time() * 1000)
+        kept.log_metrics(run.info.run_id, [Metric(f"test_{k}", float(v), now, 0) for k, v in test.items()])
         log.info("Test: %s", ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
         predictions = _predictions(model, *ds.sample)
         log.info("First 10 test predictions:\n%s", predictions)
-        _log_artifacts(cfg, history, predictions, model, Path(hc.runtime.output_dir))
+        _log_artifacts(cfg, history, predictions, model, output_dir, kept, run.info.run_id)
     backup.discard()  # the run is FINISHED: nothing left to resume
 
     return _objective(history, cfg.trainer.monitor)
 
 
-def _callbacks(cfg, run_id: str, backup: resume.Backup) -> list[keras.callbacks.Callback]:
+def _callbacks(cfg, run_id: str, backup: resume.Backup, kept: outbox.Outbox) -> list[keras.callbacks.Callback]:
     # The backup commits an epoch before MLflow logs it: see src/resume.py for why this order.
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
         backup,
-        tracking.MLflowMetrics(run_id, finished_epochs=backup.epochs),
+        tracking.MLflowMetrics(run_id, finished_epochs=backup.epochs, outbox=kept),
     ]
     if cfg.trainer.early_stopping_patience is not None:
         callbacks.append(
@@ -155,7 +165,7 @@ def _predictions(model: keras.Model, x: np.ndarray, y: np.ndarray) -> str:
     return "\n".join(["index,label,predicted,confidence", *rows])
 
 
-def _log_artifacts(cfg, history: dict, predictions: str, model: keras.Model, output_dir: Path) -> None:
+def _log_artifacts(cfg, history, predictions, model, output_dir: Path, kept: outbox.Outbox, run_id: str) -> None:
     """Written to a temporary folder first, so a failure never leaves a half-written artifact set."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -165,15 +175,15 @@ def _log_artifacts(cfg, history: dict, predictions: str, model: keras.Model, out
         if cfg.tracking.log_model:
             (tmp / "model").mkdir()
             model.save(tmp / "model" / "model.keras")  # load with keras.saving.load_model (safe mode)
-        mlflow.log_artifacts(str(tmp))
-    if (output_dir / ".hydra").is_dir():
-        mlflow.log_artifacts(str(output_dir / ".hydra"), artifact_path="hydra")
+        if (output_dir / ".hydra").is_dir():  # scrubbed copies: the command line may hold a secret
+            tracking.hydra_files(output_dir / ".hydra", tmp / "hydra")
+        kept.log_artifacts(run_id, tmp)
 
 
 def _run_name(hc) -> str:
     overrides = hc.job.override_dirname
     name = hc.runtime.choices.get("model", "run")
-    return f"{name}[{overrides}]"[:250] if overrides else name
+    return tracking.redact(f"{name}[{overrides}]")[:250] if overrides else name
 
 
 if __name__ == "__main__":
