@@ -13,7 +13,6 @@ import re
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.error
@@ -63,7 +62,7 @@ def tracking_uri(configured: str | None) -> str:
 
 def ui_command(uri: str) -> str:
     if uri.startswith(("http://", "https://")):
-        return f"open {uri} (through an SSH tunnel if it runs on the login node)"
+        return f"open {redact(uri)} (through an SSH tunnel if it runs on the login node)"
     return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
 
 from conftest import ROOT
 from src import data, tracking
