@@ -208,7 +208,7 @@ def _tf_pipelines(data_dir: Path, make_take):
 
     out = {}
     for name, split in _csr_splits(data_dir).items():
-        out[name] = data._batches(len(split[2]), make_take(split), 512, name == "train", 42)
+        out[name] = data._batches(len(split[2]), make_take(split), 512, name == "train", 42, data.Tuning())
     return out
 
 

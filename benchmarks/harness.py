@@ -108,10 +108,11 @@ def spawn_command(command: list[str], env: dict | None = None, timeout: int = 18
 
 
 def alternate(sides: dict[str, callable], repeats: int) -> dict[str, list[dict]]:
-    """Call each side once per round, in turn, for `repeats` rounds; print progress."""
+    """Call each side once per round for `repeats` rounds, the order reversed every other round
+    (A B, B A, A B, ...) so that neither side always runs first; print progress."""
     results = {name: [] for name in sides}
     for r in range(repeats):
-        for name, fn in sides.items():
+        for name, fn in (reversed(sides.items()) if r % 2 else sides.items()):
             t = time.time()
             results[name].append(fn())
             print(f"  round {r + 1}/{repeats}: {name} done in {time.time() - t:.1f}s", flush=True)
@@ -145,7 +146,6 @@ def machine() -> dict:
         "machine": platform.machine(),
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "load_avg_at_start": os.getloadavg(),
     }
     try:
         info["cpu_model"] = next(
@@ -165,6 +165,7 @@ def table(rows: list[list], header: list[str]) -> str:
 
 
 def write(name: str, args, figures: dict, raw: dict) -> Path:
+    """The figures, the raw per-run reports and the machine (with its load: 2 shared cores are noisy) as JSON."""
     path = Path(args.out) if args.out else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": name, "repeats": args.repeats, "machine": machine(), "figures": figures, "raw": raw,

@@ -60,20 +60,31 @@ def test_sparse_batches_equal_the_labs_float64_multi_hot(data_dir):
 
 @pytest.mark.realdata
 @pytest.mark.skipif(not (REAL_DATA / "imdb.npz").is_file(), reason=f"real imdb.npz not in {REAL_DATA}")
-def test_real_imdb_matches_keras_load_data_with_the_labs_vectorizer(tmp_path, monkeypatch):
-    """Against Keras's own loader (offline: KERAS_HOME's datasets/ links to the real file)."""
+def test_real_imdb_matches_keras_load_data_with_the_labs_vectorizer(tmp_path):
+    """Against Keras's own loader, run offline in a child process whose KERAS_HOME links to the real file."""
+    import json
+    import os
+    import subprocess
+    import sys
+
     (tmp_path / "datasets").mkdir()
     (tmp_path / "datasets" / "imdb.npz").symlink_to(REAL_DATA / "imdb.npz")
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    import keras
-
-    (train_data, train_labels), (test_data, test_labels) = keras.datasets.imdb.load_data(num_words=10000)
-    d = data.load(compose(["model=imdb_dense"]).dataset, batch_size=512, seed=0, directory=REAL_DATA)
     n = 1024  # the first rows of validation and test: 2 x 80 MB as float64, not 2 GB
+    script = (
+        "import json, keras\n"
+        "(xt, yt), (xs, ys) = keras.datasets.imdb.load_data(num_words=10000)\n"
+        f"print(json.dumps([[list(map(int, r)) for r in xt[:{n}]], yt[:{n}].tolist(), "
+        f"[list(map(int, r)) for r in xs[:{n}]], ys[:{n}].tolist()]))\n"
+    )
+    env = {**os.environ, "KERAS_HOME": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    train_data, train_labels, test_data, test_labels = json.loads(out.stdout.splitlines()[-1])
+
+    d = data.load(compose(["model=imdb_dense"]).dataset, batch_size=512, seed=0, directory=REAL_DATA)
     for pipeline, reviews, labels in [(d.val, train_data, train_labels), (d.test, test_data, test_labels)]:
         got_x, got_y = project_matrix(pipeline.take(n // 512))
-        np.testing.assert_array_equal(got_x, lab_vectorize_sequences(reviews[:n]))
-        np.testing.assert_array_equal(got_y, np.asarray(labels[:n]).astype("float32"))
+        np.testing.assert_array_equal(got_x, lab_vectorize_sequences(reviews))
+        np.testing.assert_array_equal(got_y, np.asarray(labels).astype("float32"))
 
 
 def test_mixed_precision_trains_the_sparse_imdb_net_on_cpu(train_run):
