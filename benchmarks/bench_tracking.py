@@ -48,7 +48,7 @@ def main() -> None:
     print(f"\nMLflow callback time per epoch (timed inside): {h.median(callback) * 1000:.2f} ms "
           f"= {direct:.2%} of the epoch  target <= {TARGET:.0%}: {h.verdict(direct, TARGET)}")
     print(f"on vs off epoch time, per-round median: {h.median(diffs):+.2%} (rounds: "
-          f"{', '.join(f'{d:+.1%}' for d in diffs)}; the machine's noise is larger than the effect)")
+          f"{', '.join(f'{d:+.1%}' for d in diffs)}; includes the background write's CPU time and the machine's noise)")
     print(f"end of training, waiting for queued metrics: {h.median(callback_end) * 1000:.1f} ms per run; "
           f"every epoch logged: {logged_ok}")
     print("fixed cost per run: " + ", ".join(f"{k} {v:.2f} s" for k, v in fixed.items()))
