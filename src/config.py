@@ -70,6 +70,9 @@ class HardwareConfig:
     memory_growth: bool = True  # allocate GPU memory as needed, not all of it at start
     mixed_precision: bool = False  # float16 compute, float32 variables and output layer
     jit_compile: bool = False  # XLA; ignored for sparse (IMDB) inputs, which XLA cannot compile
+    steps_per_execution: int = 1  # train steps per compiled call (model.compile); >1 cuts per-step overhead
+    num_parallel_calls: Optional[int] = None  # tf.data batch-building threads; None = AUTOTUNE
+    prefetch_buffer_size: Optional[int] = None  # batches prepared ahead of the device; None = AUTOTUNE
 
 
 @dataclass
@@ -148,6 +151,12 @@ def validate(cfg: DictConfig | Any) -> None:
         problems.append(f"dataset.num_words={cfg.dataset.num_words}: must be >= 4 (indices 0-3 are reserved)")
     if cfg.dataset.num_bins < 0:
         problems.append(f"dataset.num_bins={cfg.dataset.num_bins}: must be >= 0 (0 = no bigram columns)")
+    if cfg.hardware.steps_per_execution < 1:
+        problems.append(f"hardware.steps_per_execution={cfg.hardware.steps_per_execution}: must be >= 1")
+    for key in ("num_parallel_calls", "prefetch_buffer_size"):
+        value = cfg.hardware[key]
+        if value is not None and value < 1:
+            problems.append(f"hardware.{key}={value}: must be >= 1, or null for AUTOTUNE")
     if cfg.hardware.strategy == Strategy.mirrored and cfg.hardware.accelerator == Accelerator.cpu:
         problems.append("hardware.strategy=mirrored with hardware.accelerator=cpu: use hardware=multi_gpu or hardware=cpu")
 

@@ -217,26 +217,43 @@ class Data:
     sizes: dict
 
 
-def _batches(n: int, take, batch_size: int, shuffle: bool, seed: int):
+@dataclass
+class Tuning:
+    """tf.data parallelism (hardware.num_parallel_calls, hardware.prefetch_buffer_size); None = AUTOTUNE."""
+
+    num_parallel_calls: int | None = None
+    prefetch_buffer_size: int | None = None
+
+
+def _batches(n: int, take, batch_size: int, shuffle: bool, seed: int, tuning: Tuning):
     """Index batches of range(n), mapped to tensors by `take(indices)`.
 
     Shuffling indices (not samples) keeps the buffer tiny and gives a full reshuffle per epoch.
     """
     import tensorflow as tf
 
+    def tuned(value):
+        return tf.data.AUTOTUNE if value is None else value
+
     ds = tf.data.Dataset.range(n)
     if shuffle:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(take, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size).map(take, num_parallel_calls=tuned(tuning.num_parallel_calls), deterministic=True)
+    return ds.prefetch(tuned(tuning.prefetch_buffer_size))
 
 
-def load(cfg, batch_size: int, seed: int, directory: Path) -> Data:
+def load(cfg, batch_size: int, seed: int, directory: Path, tuning: Tuning | None = None) -> Data:
     """Train/validation/test pipelines for `cfg` (a dataset config); validation = the first samples."""
-    if cfg.name == "mnist":
-        return _mnist(locate("mnist", directory, cfg.download), cfg, batch_size, seed)
-    if cfg.name == "imdb":
-        return _imdb(locate("imdb", directory, cfg.download), cfg, batch_size, seed)
+    import tensorflow as tf
+
+    tuning = tuning or Tuning()
+    # tf.data runs on the host: keep its source arrays in host memory, not on a GPU that a
+    # plain tf.constant would pick, so batches are not copied back from the device.
+    with tf.device("/cpu:0"):
+        if cfg.name == "mnist":
+            return _mnist(locate("mnist", directory, cfg.download), cfg, batch_size, seed, tuning)
+        if cfg.name == "imdb":
+            return _imdb(locate("imdb", directory, cfg.download), cfg, batch_size, seed, tuning)
     raise ValueError(f"unknown dataset {cfg.name!r}; choose from {sorted(FILES)}")
 
 
@@ -248,7 +265,7 @@ def _split_check(name: str, n_train: int, validation_size: int) -> None:
         )
 
 
-def _mnist(path: Path, cfg, batch_size: int, seed: int) -> Data:
+def _mnist(path: Path, cfg, batch_size: int, seed: int, tuning: Tuning) -> Data:
     import tensorflow as tf
 
     a = mnist_arrays(path)
@@ -266,7 +283,7 @@ def _mnist(path: Path, cfg, batch_size: int, seed: int) -> Data:
         def take(i):
             return tf.cast(tf.gather(x, i), tf.float32) / 255.0, tf.gather(y, i)
 
-        return _batches(len(y), take, batch_size, shuffle, seed)
+        return _batches(len(y), take, batch_size, shuffle, seed, tuning)
 
     x_test, y_test = splits["test"]
     return Data(
@@ -282,7 +299,7 @@ def _mnist(path: Path, cfg, batch_size: int, seed: int) -> Data:
     )
 
 
-def _imdb(path: Path, cfg, batch_size: int, seed: int) -> Data:
+def _imdb(path: Path, cfg, batch_size: int, seed: int, tuning: Tuning) -> Data:
     import tensorflow as tf
 
     seqs = imdb_sequences(path, cfg.num_words, cfg.num_bins)
@@ -310,7 +327,7 @@ def _imdb(path: Path, cfg, batch_size: int, seed: int) -> Data:
             shape = tf.stack([tf.shape(i, out_type=tf.int64)[0], tf.constant(num_words, tf.int64)])
             return tf.SparseTensor(indices, ones, shape), tf.gather(labels_t, i)
 
-        return _batches(len(labels), take, batch_size, shuffle, seed)
+        return _batches(len(labels), take, batch_size, shuffle, seed, tuning)
 
     test_splits, test_words, test_labels = seqs["test"]
     sample = np.zeros((10, num_words), dtype=np.float32)

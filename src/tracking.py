@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -212,6 +213,7 @@ def _interrupt_reason(err: BaseException) -> str:
 
 def _end(active, status: str, reason: str | None, outbox: Outbox | None) -> None:
     run_id = active.info.run_id
+    _drain()  # epochs still queued by MLflowMetrics (fit interrupted before on_train_end) go first
     if outbox is None:
         try:
             if reason:
@@ -345,6 +347,16 @@ def _git_state() -> tuple[str, str]:
         return "unknown", "unknown"
 
 
+# One worker, so epochs reach the store in order; shared by every run of the process.
+_SENDER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-metrics")
+
+
+def _drain() -> None:
+    """Wait until every queued epoch is sent (or kept in the outbox): the worker runs tasks in order."""
+    with contextlib.suppress(Exception):  # a send's own error is raised to its callback, not here
+        _SENDER.submit(lambda: None).result()
+
+
 class MLflowMetrics(keras.callbacks.Callback):
     """Logs every epoch's logs (loss, accuracy, val_loss, val_accuracy) once, at step = epoch + 1.
 
@@ -355,6 +367,11 @@ class MLflowMetrics(keras.callbacks.Callback):
     committing the backup and logging) are sent at the start, and no step MLflow already has is
     sent again, so each epoch is in the run exactly once. Through an `outbox`, an epoch the store
     does not take is kept in a file instead of stopping training.
+
+    Each epoch's request goes to one background thread, in order, so the next epoch does not wait
+    for the store (a synchronous SQLite write costs 15-20 ms, 3-4% of a 0.5 s IMDB epoch on 2 CPU
+    cores; a lost server costs seconds of retries). on_train_end waits for the queue, so every
+    epoch is in the store (or the outbox's file), and any logging error raised, before fit returns.
     """
 
     def __init__(
@@ -371,6 +388,7 @@ class MLflowMetrics(keras.callbacks.Callback):
         self._logged: dict[str, set[int]] = {}
         self.outbox = outbox
         self._epoch_start = 0.0
+        self._pending: list[Future] = []
 
     def on_train_begin(self, logs=None):
         if not self.finished_epochs:
@@ -397,12 +415,14 @@ class MLflowMetrics(keras.callbacks.Callback):
         values = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
         values["epoch_time_s"] = time.perf_counter() - self._epoch_start
         metrics = [Metric(k, v, now, epoch + 1) for k, v in values.items() if epoch + 1 not in self._logged.get(k, ())]
-        if not metrics:
-            return
-        if self.outbox is None:
-            self.client.log_batch(self.run_id, metrics=metrics)
-        else:
-            self.outbox.log_metrics(self.run_id, metrics)
+        if metrics:
+            send = self.client.log_batch if self.outbox is None else self.outbox.log_metrics
+            self._pending.append(_SENDER.submit(send, self.run_id, metrics))
+
+    def on_train_end(self, logs=None):
+        pending, self._pending = self._pending, []
+        for operation in pending:
+            operation.result()  # re-raises a logging error of the background thread
 
 
 def _is_number(value) -> bool:

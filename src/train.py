@@ -69,7 +69,8 @@ def train(cfg: DictConfig) -> float:
     keras.backend.clear_session()  # each multirun job starts from a clean TensorFlow state
     strategy, device = hardware.setup(cfg.hardware)
     keras.utils.set_random_seed(cfg.seed)
-    ds = data.load(cfg.dataset, cfg.trainer.batch_size, cfg.seed, data.data_dir(cfg.data_dir))
+    tuning = data.Tuning(cfg.hardware.num_parallel_calls, cfg.hardware.prefetch_buffer_size)
+    ds = data.load(cfg.dataset, cfg.trainer.batch_size, cfg.seed, data.data_dir(cfg.data_dir), tuning)
     log.info("Data: %s", ", ".join(f"{k} {n}" for k, n in ds.sizes.items()))
 
     parent_run_id, sweep_tags = sweep.parent(hc)  # a multirun's jobs are children of one parent run
@@ -92,6 +93,7 @@ def train(cfg: DictConfig) -> float:
                 loss=ds.loss,
                 metrics=["accuracy"],
                 jit_compile=cfg.hardware.jit_compile and not ds.sparse,  # XLA has no sparse kernels
+                steps_per_execution=cfg.hardware.steps_per_execution,
             )
             initial_epoch = backup.restore(model)  # 0 unless resuming
         model.summary(print_fn=lambda line, **_: log.info(line))
