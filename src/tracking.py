@@ -160,6 +160,7 @@ def run(
     if resume_run_id and not _resumable(resume_run_id, experiment_id):
         resume_run_id = None
     if resume_run_id:
+        mlflow.set_experiment(experiment_id=experiment_id)  # start_run refuses a run outside the active experiment
         active = mlflow.start_run(run_id=resume_run_id, tags=tags)
         with contextlib.suppress(mlflow.exceptions.MlflowException):  # the reason of the last stop
             MlflowClient().delete_tag(resume_run_id, "failure_reason")
