@@ -28,6 +28,8 @@ from pathlib import Path
 
 import keras
 
+from .tracking import numeric_logs
+
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -141,7 +143,7 @@ class Backup(keras.callbacks.Callback):
         self._epoch_start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        values = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
+        values = numeric_logs(logs)
         values["epoch_time_s"] = time.perf_counter() - self._epoch_start
         if not math.isfinite(values.get("loss", 0.0)):
             return  # a diverged epoch is not worth resuming from; the run fails after fit
@@ -164,10 +166,3 @@ class Backup(keras.callbacks.Callback):
             os.fsync(f.fileno())  # on disk before it replaces the old state
         os.replace(tmp, self.folder / STATE)
 
-
-def _is_number(value) -> bool:
-    try:
-        float(value)
-        return True
-    except (TypeError, ValueError):
-        return False

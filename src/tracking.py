@@ -413,7 +413,7 @@ class MLflowMetrics(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         now = int(time.time() * 1000)
-        values = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
+        values = numeric_logs(logs)
         values["epoch_time_s"] = time.perf_counter() - self._epoch_start
         metrics = [Metric(k, v, now, epoch + 1) for k, v in values.items() if epoch + 1 not in self._logged.get(k, ())]
         if metrics:
@@ -426,9 +426,12 @@ class MLflowMetrics(keras.callbacks.Callback):
             operation.result()  # re-raises a logging error of the background thread
 
 
-def _is_number(value) -> bool:
-    try:
-        float(value)
-        return True
-    except (TypeError, ValueError):
-        return False
+def numeric_logs(logs: dict | None) -> dict[str, float]:
+    """Keras's epoch logs as plain floats, leaving out anything that is not a number."""
+    values = {}
+    for key, value in (logs or {}).items():
+        try:
+            values[key] = float(value)
+        except (TypeError, ValueError):
+            pass
+    return values
