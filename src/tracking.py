@@ -214,7 +214,7 @@ def _interrupt_reason(err: BaseException) -> str:
 
 def _end(active, status: str, reason: str | None, outbox: Outbox | None) -> None:
     run_id = active.info.run_id
-    _drain()  # epochs still queued by MLflowMetrics (fit interrupted before on_train_end) go first
+    wait_for_metrics()  # epochs still queued by MLflowMetrics (fit interrupted before on_train_end) go first
     if outbox is None:
         try:
             if reason:
@@ -352,7 +352,7 @@ def _git_state() -> tuple[str, str]:
 _SENDER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-metrics")
 
 
-def _drain() -> None:
+def wait_for_metrics() -> None:
     """Wait until every queued epoch is sent (or kept in the outbox): the worker runs tasks in order."""
     with contextlib.suppress(Exception):  # a send's own error is raised to its callback, not here
         _SENDER.submit(lambda: None).result()

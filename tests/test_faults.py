@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, base_overrides, compose, write_mnist
 from mlflow_server import MlflowServer, free_port
-from src import data, outbox, preflight, train
+from src import data, outbox, preflight, tracking, train
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -286,8 +286,9 @@ class KillServerAfter(__import__("keras").callbacks.Callback):
         super().__init__()
         self.server, self.epoch = server, epoch
 
-    def on_epoch_end(self, epoch, logs=None):  # runs after MLflowMetrics logged this epoch
+    def on_epoch_end(self, epoch, logs=None):
         if epoch == self.epoch:
+            tracking.wait_for_metrics()  # MLflowMetrics sends in the background: let this epoch arrive first
             self.server.kill()
 
 
@@ -341,8 +342,9 @@ class RestartServerAfter(__import__("keras").callbacks.Callback):
         super().__init__()
         self.server, self.epoch = server, epoch
 
-    def on_epoch_end(self, epoch, logs=None):  # after MLflowMetrics kept this epoch in the outbox
+    def on_epoch_end(self, epoch, logs=None):
         if epoch == self.epoch:
+            tracking.wait_for_metrics()  # this epoch is kept in the outbox before the server is back
             self.server.start()
 
 
