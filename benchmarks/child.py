@@ -79,8 +79,8 @@ def project(argv: list[str]) -> None:
 
     original = train._callbacks
 
-    def callbacks(cfg, run_id):
-        chosen = [c for c in original(cfg, run_id) if not (drop_mlflow and isinstance(c, tracking.MLflowMetrics))]
+    def callbacks(*args):
+        chosen = [c for c in original(*args) if not (drop_mlflow and isinstance(c, tracking.MLflowMetrics))]
         return [_timer(), *chosen]  # first, so the epoch time covers the other callbacks' work
 
     train._callbacks = callbacks

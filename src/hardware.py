@@ -47,7 +47,7 @@ def setup(cfg):
         strategy = tf.distribute.MirroredStrategy(devices=devices)
         device = f"{strategy.num_replicas_in_sync} replicas: " + ", ".join(strategy.extended.worker_devices)
     elif gpus and accelerator != Accelerator.cpu:
-        strategy = tf.distribute.get_strategy()
+        strategy = tf.distribute.OneDeviceStrategy("/gpu:0")  # as on a CPU: see below
         details = tf.config.experimental.get_device_details(gpus[0])
         device = f"GPU: {details.get('device_name', gpus[0].name)}"
     else:
