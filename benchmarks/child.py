@@ -202,8 +202,6 @@ def dense_imdb(epochs: int, data_dir: Path) -> None:
 
 def _tf_pipelines(data_dir: Path, make_take):
     """Index-batch pipelines as src/data.py builds them, with `make_take(split)` mapping indices to a batch."""
-    import tensorflow as tf
-
     from src import data
 
     out = {}
