@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -26,9 +25,9 @@ from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # src.tracking imports Keras; hide TensorFlow's start-up chatter
-
-from . import plots, tracking  # noqa: E402
+from . import config, plots, store
+from .paths import PROJECT_ROOT
+from .tables import markdown_table, text_table
 
 PARENT_TAG = "mlflow.parentRunId"
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -161,11 +160,10 @@ def _short(key: str) -> str:
     return group if leaf == "name" and group else leaf
 
 
-def _best(values: list[float], lower_is_better: bool) -> tuple[float, int] | None:
+def _best(values: list[float], monitor: str) -> tuple[float, int] | None:
+    """The best finite value for `monitor` and its epoch (counted from 1)."""
     finite = [(v, i + 1) for i, v in enumerate(values) if math.isfinite(v)]
-    if not finite:
-        return None
-    return (min if lower_is_better else max)(finite, key=lambda p: p[0])
+    return config.best(finite, monitor, key=lambda p: p[0]) if finite else None
 
 
 def _fmt(value, digits=4) -> str:
@@ -183,7 +181,7 @@ def table(summaries: list[RunSummary]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for s in summaries:
         vl, va = s.history.get("val_loss", []), s.history.get("val_accuracy", [])
-        best_vl, best_va = _best(vl, True), _best(va, False)
+        best_vl, best_va = _best(vl, "val_loss"), _best(va, "val_accuracy")
         rows.append([
             s.run_id[:8],
             *[s.params.get(k, "-") for k in keys],
@@ -198,20 +196,6 @@ def table(summaries: list[RunSummary]) -> tuple[list[str], list[list[str]]]:
             _fmt(s.wall_s, 1),
         ])
     return header, rows
-
-
-def text_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    cell = lambda c: c.replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(cell(c) for c in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def report(title: str, command: str, uri: str, summaries, header, rows, plot_name: str) -> str:
@@ -242,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("targets", nargs="+", help="an experiment name, a sweep's parent run id, or run ids")
     parser.add_argument("--tracking-uri", default=None,
-                        help=f"default: $MLFLOW_TRACKING_URI, else {tracking.tracking_uri(None)}")
+                        help=f"default: $MLFLOW_TRACKING_URI, else {store.tracking_uri(None)}")
     parser.add_argument("--last", type=int, default=None, help="only the N most recent runs of each experiment/sweep")
     parser.add_argument("--out", type=Path, default=None, help="folder for compare.png and report.md "
                         "(default: outputs/compare/<targets>)")
@@ -251,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.last is not None and args.last < 1:
         parser.error(f"--last {args.last}: must be >= 1")
 
-    uri = tracking.tracking_uri(args.tracking_uri)
+    uri = store.tracking_uri(args.tracking_uri)
     args.command = "python -m src.compare " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         return _compare(args, uri)
@@ -261,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compare(args, uri: str) -> int:
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    database = store.sqlite_path(uri)
+    if database is not None and not database.is_file():
         raise CompareError(f"there is no tracking store at {uri}.\nFix: train first, or pass --tracking-uri.")
     client = MlflowClient(uri)
     try:
@@ -272,7 +257,7 @@ def _compare(args, uri: str) -> int:
     header, rows = table(summaries)
     print(text_table(header, rows))
 
-    out = args.out or tracking.PROJECT_ROOT / "outputs" / "compare" / _slug(args.targets)
+    out = args.out or PROJECT_ROOT / "outputs" / "compare" / _slug(args.targets)
     out.mkdir(parents=True, exist_ok=True)
     title = f"Comparison of {' '.join(args.targets)}"
     keys = differing_params(summaries)

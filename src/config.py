@@ -1,9 +1,11 @@
-"""Schemas for conf/, registered in Hydra's ConfigStore.
+"""Schemas for conf/, registered in Hydra's ConfigStore, and the checks that run right after composition.
 
-Every YAML file in conf/ is merged onto these dataclasses, so a misspelled key
-(`trainer.epocs=3`) or a wrong type (`trainer.epochs=abc`) fails at composition,
-before TensorFlow is even imported. Value ranges that a type cannot express are
-checked by `validate`, also before any data is loaded.
+Every YAML file in conf/ is merged onto these dataclasses, so a misspelled key (`trainer.epocs=3`) or a
+wrong type (`trainer.epochs=abc`) fails at composition. Value ranges and pairings that a type cannot
+express are checked by `validate`. Both happen before Keras or any backend is imported: this module
+imports neither, nor MLflow, so a refusal takes well under two seconds.
+
+Each default lives here, once; a YAML file sets only what differs for its option.
 """
 
 from __future__ import annotations
@@ -11,40 +13,78 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from .errors import UserError
+from .paths import PROJECT_ROOT
+
+CONF_DIR = PROJECT_ROOT / "conf"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value is out of range or inconsistent; the message names the fix."""
 
 
+class Backend(Enum):
+    tensorflow = "tensorflow"
+    jax = "jax"
+    torch = "torch"
+
+
+class Kind(Enum):
+    images = "images"  # x: uint8 arrays (N, height, width[, channels]); y: class indices
+    sequences = "sequences"  # x: one list of word indices per sample (Keras's imdb/reuters layout); y: class indices
+
+
 class Accelerator(Enum):
-    auto = "auto"  # GPU when one is visible, else CPU
+    auto = "auto"  # GPU when the backend sees one, else CPU
     cpu = "cpu"
-    gpu = "gpu"  # refuse to start without a visible GPU
+    gpu = "gpu"  # refuse to start without a GPU
 
 
 class Strategy(Enum):
     default = "default"  # one device
-    mirrored = "mirrored"  # tf.distribute.MirroredStrategy over `devices` (all visible GPUs by default)
+    mirrored = "mirrored"  # every visible GPU: tf.distribute.MirroredStrategy, keras.distribution.DataParallel on JAX
+
+
+class Loop(Enum):
+    auto = "auto"  # compiled on JAX with a GPU/TPU and data within the budget, else fit
+    fit = "fit"  # keras.Model.fit
+    compiled = "compiled"  # JAX: one compiled lax.scan per epoch over device-resident data (src/compiled.py)
 
 
 @dataclass
 class DatasetConfig:
-    name: str = MISSING
+    name: str = MISSING  # must equal the option's file name (conf/dataset/<name>.yaml)
+    kind: Kind = MISSING
+    file: str = MISSING  # in the data directory
+    format: str = "npz"  # a loader in src/data.py's LOADERS; "npz" = Keras's x_train, y_train, x_test, y_test
+    sha256: Optional[str] = None  # the file's known digest; a different file is refused
+    url: Optional[str] = None  # where `python -m src.data download` fetches it; None: no download
+    download: bool = True  # fetch it when missing (needs internet: false on offline compute nodes)
+    num_classes: int = MISSING  # 2: one sigmoid output (binary), else a softmax over the classes
     # The first `validation_size` training samples are held out for validation (the lab's IMDB split).
     validation_size: int = MISSING
-    num_words: Optional[int] = None  # IMDB: keep the most frequent words; multi-hot dimension
-    num_bins: int = 0  # IMDB: hashed bigram columns after the words (keras.layers.Hashing's num_bins); 0 = words only
-    download: bool = True  # fetch through Keras when the file is missing; false on offline nodes
+    shape: Optional[List[int]] = None  # images: (height, width) or (height, width, channels)
+    scale: float = 255.0  # images: pixels are divided by this inside the model (a Rescaling layer)
+    num_words: Optional[int] = None  # sequences: keep the most frequent words; the multi-hot width
+    num_bins: int = 0  # sequences: hashed bigram columns after the words (keras.layers.Hashing's num_bins)
+    # sequences: keras.datasets.imdb.load_data's conventions, which define the lab's split
+    shuffle_seed: Optional[int] = None  # shuffle train and test with this seed first (IMDB: 113)
+    start_char: int = 1
+    oov_char: int = 2
+    index_from: int = 3
 
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING
+    name: str = MISSING  # must equal the option's file name and a builder in src/models.py's MODELS
+    accepts: Kind = MISSING  # the dataset kind this model takes
+    input_shape: Optional[List[int]] = None  # the dataset shape it needs; None: any shape of that kind
     units: List[int] = field(default_factory=list)  # hidden Dense layers
     activation: str = "relu"
     rate: float = 0.0  # Dropout after each hidden Dense layer; 0 = no Dropout layer
@@ -67,12 +107,14 @@ class HardwareConfig:
     accelerator: Accelerator = Accelerator.auto
     strategy: Strategy = Strategy.default
     devices: Optional[List[str]] = None  # for strategy=mirrored; None = every visible GPU
-    memory_growth: bool = True  # allocate GPU memory as needed, not all of it at start
-    mixed_precision: bool = False  # float16 compute, float32 variables and output layer
-    jit_compile: bool = False  # XLA; ignored for sparse (IMDB) inputs, which XLA cannot compile
+    # The backend's own setting: TensorFlow memory growth; JAX no preallocation; PyTorch grows anyway.
+    memory_growth: bool = True
+    mixed_precision: bool = False  # Keras's mixed_float16 policy: float16 compute, float32 variables and output
+    jit_compile: Optional[bool] = None  # the backend's compiler (XLA; torch.compile); None: Keras's "auto"
     steps_per_execution: int = 1  # train steps per compiled call (model.compile); >1 cuts per-step overhead
-    num_parallel_calls: Optional[int] = None  # tf.data batch-building threads; None = AUTOTUNE
-    prefetch_buffer_size: Optional[int] = None  # batches prepared ahead of the device; None = AUTOTUNE
+    # trainer.loop=compiled: at most this fraction of the device's free memory holds the data; above it,
+    # batches are streamed in chunks (the lab's out-of-memory error stays impossible)
+    device_data_budget: float = 0.5
 
 
 @dataclass
@@ -83,6 +125,7 @@ class TrainerConfig:
     early_stopping_patience: Optional[int] = None
     monitor: str = "val_loss"  # also the value returned to Hydra sweepers
     verbose: int = 2  # Keras fit verbosity: 2 = one line per epoch (readable in SLURM logs)
+    loop: Loop = Loop.auto
     # Checkpoint of the last finished epoch (src/resume.py). None: <project>/checkpoints/<cluster>-<job id>
     # in a SLURM job (found again after a requeue), else <output dir>/backup. Point a new local run at
     # an interrupted run's backup folder to resume it.
@@ -93,8 +136,10 @@ class TrainerConfig:
 class TrackingConfig:
     # None: $MLFLOW_TRACKING_URI if set, else sqlite:///<project>/mlruns/mlflow.db
     tracking_uri: Optional[str] = None
-    experiment_name: str = "le5"
+    experiment_name: Optional[str] = None  # None: the dataset's name (mnist, imdb, ...)
     log_model: bool = True
+    system_metrics: bool = True  # MLflow's CPU/memory (and GPU) metrics, sampled every system_metrics_interval s
+    system_metrics_interval: float = 10.0
 
 
 @dataclass
@@ -105,69 +150,119 @@ class Config:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    backend: Optional[Backend] = None  # None: $KERAS_BACKEND if set, else tensorflow
     seed: int = 42
-    # None: $LE5_DATA_DIR if set, else <project>/data
-    data_dir: Optional[str] = None
+    data_dir: Optional[str] = None  # None: $LE5_DATA_DIR if set, else <project>/data
 
 
 def register() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
 
 
-# Which dataset each model was built for; `validate` refuses other pairings.
-MODEL_DATASET = {
-    "mnist_dense": "mnist",
-    "mnist_cnn": "mnist",
-    "imdb_dense": "imdb",
-    "imdb_dropout": "imdb",
-}
+def lower_is_better(monitor: str) -> bool:
+    """The direction of a monitored metric: losses go down, accuracies up."""
+    return monitor.endswith("loss")
 
 
-def validate(cfg: DictConfig | Any) -> None:
-    """Refuse values the schema's types allow but training cannot use."""
+def best(values, monitor: str, key=None):
+    """The best of `values` for `monitor`: the minimum for a loss, the maximum otherwise."""
+    return (min if lower_is_better(monitor) else max)(values, key=key)
+
+
+def experiment_name(cfg) -> str:
+    """tracking.experiment_name, else the dataset's name: MNIST and IMDB curves never share a chart."""
+    return cfg.tracking.experiment_name or cfg.dataset.name
+
+
+def options(group: str, conf_dir: Path = CONF_DIR) -> dict[str, dict]:
+    """The options of a config group as found in conf/: {option: its YAML as a plain dict}."""
+    found = {}
+    for path in sorted((conf_dir / group).glob("*.yaml")):
+        node = OmegaConf.to_container(OmegaConf.load(path))
+        found[path.stem] = node.get(group, node) if isinstance(node, dict) else {}  # @package _global_ files nest
+    return found
+
+
+def _accepts(model: dict, dataset: dict) -> bool:
+    if model.get("accepts") != _value(dataset.get("kind")):
+        return False
+    shape = model.get("input_shape")
+    return shape is None or list(shape) == list(dataset.get("shape") or [])
+
+
+def _value(x):
+    return x.value if isinstance(x, Enum) else x
+
+
+def validate(cfg: DictConfig | Any, choices: dict | None = None) -> None:
+    """Refuse values the schema's types allow but training cannot use; list every problem at once.
+
+    `choices` (Hydra's group choices) lets it check that each YAML's `name` matches its option.
+    """
     problems = []
-    if cfg.trainer.epochs < 1:
-        problems.append(f"trainer.epochs={cfg.trainer.epochs}: must be >= 1")
-    if cfg.trainer.batch_size < 1:
-        problems.append(f"trainer.batch_size={cfg.trainer.batch_size}: must be >= 1")
-    patience = cfg.trainer.early_stopping_patience
-    if patience is not None and patience < 0:
-        problems.append(f"trainer.early_stopping_patience={patience}: must be >= 0 (or null)")
-    if not re.fullmatch(r"(val_)?(loss|accuracy)", cfg.trainer.monitor):
-        problems.append(f"trainer.monitor={cfg.trainer.monitor!r}: choose from val_loss, val_accuracy, loss, accuracy")
-    if not cfg.optimizer.learning_rate > 0:
-        problems.append(f"optimizer.learning_rate={cfg.optimizer.learning_rate}: must be > 0")
-    if not 0 <= cfg.optimizer.momentum < 1:
-        problems.append(f"optimizer.momentum={cfg.optimizer.momentum}: must be in [0, 1)")
-    if not 0 <= cfg.model.rate < 1:
-        problems.append(f"model.rate={cfg.model.rate}: a dropout rate must be in [0, 1)")
-    if cfg.model.l2 < 0:
-        problems.append(f"model.l2={cfg.model.l2}: an L2 penalty must be >= 0")
-    if any(u < 1 for u in cfg.model.units):
-        problems.append(f"model.units={list(cfg.model.units)}: every layer needs >= 1 unit")
-    if cfg.dataset.validation_size < 1:
-        problems.append(f"dataset.validation_size={cfg.dataset.validation_size}: must be >= 1")
-    if cfg.dataset.num_words is not None and cfg.dataset.num_words < 4:
-        problems.append(f"dataset.num_words={cfg.dataset.num_words}: must be >= 4 (indices 0-3 are reserved)")
-    if cfg.dataset.num_bins < 0:
-        problems.append(f"dataset.num_bins={cfg.dataset.num_bins}: must be >= 0 (0 = no bigram columns)")
-    if cfg.hardware.steps_per_execution < 1:
-        problems.append(f"hardware.steps_per_execution={cfg.hardware.steps_per_execution}: must be >= 1")
-    for key in ("num_parallel_calls", "prefetch_buffer_size"):
-        value = cfg.hardware[key]
-        if value is not None and value < 1:
-            problems.append(f"hardware.{key}={value}: must be >= 1, or null for AUTOTUNE")
-    if cfg.hardware.strategy == Strategy.mirrored and cfg.hardware.accelerator == Accelerator.cpu:
+    t, o, m, d, h = cfg.trainer, cfg.optimizer, cfg.model, cfg.dataset, cfg.hardware
+    for key, value, minimum in [
+        ("trainer.epochs", t.epochs, 1),
+        ("trainer.batch_size", t.batch_size, 1),
+        ("dataset.validation_size", d.validation_size, 1),
+        ("dataset.num_classes", d.num_classes, 2),
+        ("hardware.steps_per_execution", h.steps_per_execution, 1),
+    ]:
+        if value < minimum:
+            problems.append(f"{key}={value}: must be >= {minimum}")
+    if t.early_stopping_patience is not None and t.early_stopping_patience < 0:
+        problems.append(f"trainer.early_stopping_patience={t.early_stopping_patience}: must be >= 0 (or null)")
+    if not re.fullmatch(r"(val_)?(loss|accuracy)", t.monitor):
+        problems.append(f"trainer.monitor={t.monitor!r}: choose from val_loss, val_accuracy, loss, accuracy")
+    if not o.learning_rate > 0:
+        problems.append(f"optimizer.learning_rate={o.learning_rate}: must be > 0")
+    if not 0 <= o.momentum < 1:
+        problems.append(f"optimizer.momentum={o.momentum}: must be in [0, 1)")
+    if not 0 <= m.rate < 1:
+        problems.append(f"model.rate={m.rate}: a dropout rate must be in [0, 1)")
+    if m.l2 < 0:
+        problems.append(f"model.l2={m.l2}: an L2 penalty must be >= 0")
+    if any(u < 1 for u in m.units):
+        problems.append(f"model.units={list(m.units)}: every layer needs >= 1 unit")
+    if not 0 < h.device_data_budget <= 1:
+        problems.append(f"hardware.device_data_budget={h.device_data_budget}: a fraction in (0, 1]")
+    if Kind(d.kind) == Kind.sequences:
+        if d.num_words is None or d.num_words < 4:
+            problems.append(f"dataset.num_words={d.num_words}: must be >= 4 (indices 0-3 are reserved)")
+        if d.num_bins < 0:
+            problems.append(f"dataset.num_bins={d.num_bins}: must be >= 0 (0 = no bigram columns)")
+    elif not d.shape or len(d.shape) not in (2, 3) or any(s < 1 for s in d.shape):
+        problems.append(f"dataset.shape={d.shape}: images need [height, width] or [height, width, channels]")
+    if Strategy(h.strategy) == Strategy.mirrored and Accelerator(h.accelerator) == Accelerator.cpu:
         problems.append("hardware.strategy=mirrored with hardware.accelerator=cpu: use hardware=multi_gpu or hardware=cpu")
+    if cfg.tracking.system_metrics_interval <= 0:
+        problems.append(f"tracking.system_metrics_interval={cfg.tracking.system_metrics_interval}: must be > 0 seconds")
 
-    expected = MODEL_DATASET.get(cfg.model.name)
-    if expected is None:
-        problems.append(f"model.name={cfg.model.name!r} is unknown; choose from {sorted(MODEL_DATASET)}")
-    elif expected != cfg.dataset.name:
-        problems.append(
-            f"model={cfg.model.name} is built for dataset={expected}, not dataset={cfg.dataset.name}; "
-            f"drop the dataset override (the model selects its dataset) or pick a {cfg.dataset.name} model: "
-            f"{sorted(m for m, d in MODEL_DATASET.items() if d == cfg.dataset.name)}"
-        )
+    for group, name in (("model", m.name), ("dataset", d.name)):
+        chosen = (choices or {}).get(group)
+        if chosen and chosen != name:
+            problems.append(
+                f"conf/{group}/{chosen}.yaml says {group}.name={name!r}: a {group}'s name must equal its file's "
+                f"name (MLflow tags the run {group}={chosen}). Fix: set name: {chosen} in that file."
+            )
+    problems += _pairing(m, d)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _pairing(model, dataset) -> list[str]:
+    """A model that cannot take the dataset's input, with the options that fit either way."""
+    m = OmegaConf.to_container(model, enum_to_str=True) if OmegaConf.is_config(model) else dict(model)
+    d = OmegaConf.to_container(dataset, enum_to_str=True) if OmegaConf.is_config(dataset) else dict(dataset)
+    if _accepts(m, d):
+        return []
+    needs = f"{m['accepts']}" + (f" of shape {list(m['input_shape'])}" if m.get("input_shape") else "")
+    gives = f"{d['kind']}" + (f" of shape {list(d['shape'])}" if d.get("shape") else "")
+    models = [name for name, yaml in options("model").items() if _accepts(yaml, d)]
+    datasets = [name for name, yaml in options("dataset").items() if _accepts(m, yaml)]
+    return [
+        f"model={m['name']} takes {needs}, but dataset={d['name']} gives {gives}.\n"
+        f"    Fix: drop the dataset= override (each model selects its dataset), choose a dataset for "
+        f"{m['name']}: {', '.join(datasets) or '(none in conf/dataset: add one, README: Adding a dataset)'},\n"
+        f"    or a model for {d['name']}: {', '.join(models) or '(none in conf/model: add one, README: Adding a model)'}"
+    ]

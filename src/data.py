@@ -1,14 +1,18 @@
-"""Datasets as tf.data pipelines, read from Keras's own `.npz` files in a data directory.
+"""Datasets by configuration: a YAML in conf/dataset/ names the file, its kind and split; this module reads it.
 
-The data directory holds the files Keras downloads (`mnist.npz`, `imdb.npz`), so offline
-compute nodes train from a copy made on the login node:
+The data directory holds the files Keras downloads (`mnist.npz`, `imdb.npz`), so offline compute
+nodes train from a copy made on the login node:
 
     python -m src.data download            # fill the data directory (needs internet)
-    python -m src.data check               # what is there, with Keras's sha256
+    python -m src.data check               # what is there, against each dataset's sha256
 
-Nothing here builds a whole dataset as one float tensor (the lab's 25000x10000 float64 IMDB
-matrix is what ran the GPU out of memory): images stay uint8 and are scaled per batch, and
-IMDB reviews stay lists of word indices that become sparse multi-hot batches.
+A dataset in Keras's `.npz` layout (x_train, y_train, x_test, y_test) needs only its YAML. A file of
+another format needs one function in `LOADERS` returning those four arrays.
+
+Nothing here builds a whole dataset as one float matrix (the lab's 25000x10000 float64 IMDB matrix is
+what ran the GPU out of memory): images stay uint8 (the model scales them), and word-index datasets
+stay each review's distinct word indices, as a scipy CSR matrix that becomes multi-hot batch by batch.
+This module imports neither Keras nor a backend.
 """
 
 from __future__ import annotations
@@ -19,28 +23,24 @@ import io
 import os
 import pickle
 import sys
+import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from . import config
+from .config import Kind
+from .errors import UserError
+from .paths import PROJECT_ROOT
+
 DATA_DIR_ENV = "LE5_DATA_DIR"
-KERAS_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
-# sha256 of Keras's downloads (the hashes keras.datasets checks).
-SHA256 = {
-    "mnist.npz": "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1",
-    "imdb.npz": "69664113be75683a8fe16e3ed0ab59fda8886cb3cd7ada244f7d9544e4676b9f",
-}
-FILES = {"mnist": "mnist.npz", "imdb": "imdb.npz"}
-
-# keras.datasets.imdb.load_data's conventions, which define the lab's train/validation split.
-IMDB_SHUFFLE_SEED = 113
-START_CHAR, OOV_CHAR, INDEX_FROM = 1, 2, 3
+KERAS_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 
 
-class DataError(RuntimeError):
+class DataError(UserError):
     """A data file is missing or unreadable; the message names the file and the fix."""
 
 
@@ -85,53 +85,77 @@ def _read_npy(raw: bytes) -> np.ndarray:
         return _ArrayOnlyUnpickler(stream).load()
 
 
-def read_npz(path: Path, keys=("x_train", "y_train", "x_test", "y_test")) -> dict[str, np.ndarray]:
+def read_npz(path: Path, keys=KERAS_ARRAYS) -> dict[str, np.ndarray]:
     """Read a Keras dataset file, refusing anything but numpy arrays inside it."""
     try:
         with zipfile.ZipFile(path) as archive:
             arrays = {name[:-4]: _read_npy(archive.read(name)) for name in archive.namelist() if name.endswith(".npy")}
-        missing = [k for k in keys if k not in arrays]
-        if missing:
-            raise KeyError(f"arrays {missing} not in the file")
-        return arrays
-    except Exception as err:  # zipfile.BadZipFile, EOFError, UnpicklingError, KeyError, ...
+    except Exception as err:  # zipfile.BadZipFile, EOFError, UnpicklingError, ...
         raise DataError(
             f"{path} is corrupt or truncated ({type(err).__name__}: {err}).\n"
             f"Fix: delete it and fetch it again: python -m src.data download --dataset {path.stem} "
             f"--data-dir {path.parent}"
         ) from err
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise DataError(
+            f"{path} lacks the arrays {', '.join(missing)} (it has {', '.join(sorted(arrays)) or 'none'}); "
+            f"a dataset in Keras's layout has {', '.join(keys)}.\n"
+            f"Fix: point dataset.file at the right file, or register a loader for its format in src/data.py (LOADERS)."
+        )
+    return arrays
 
 
-def locate(name: str, directory: Path, download: bool) -> Path:
-    """The dataset's file in `directory`, downloading it through Keras when allowed."""
-    path = directory / FILES[name]
+LOADERS = {
+    # format -> function(path) returning x_train, y_train, x_test, y_test. Register a new format here.
+    "npz": read_npz,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding, fetching and checking the file
+
+
+def locate(cfg, directory: Path) -> Path:
+    """The dataset's file in `directory`, downloading it from `cfg.url` when allowed."""
+    path = directory / cfg.file
     if path.is_file():
         return path
-    reason = "downloads are off (dataset.download=false)"
-    if download:
+    if not cfg.url:
+        reason = "the dataset has no download url"
+    elif not cfg.download:
+        reason = "downloads are off (dataset.download=false)"
+    else:
         try:
-            return fetch(name, directory)
+            return fetch(cfg, directory)
         except Exception as err:  # offline nodes: DNS or connection failures
             reason = f"the download failed ({type(err).__name__}: {err})"
     raise DataError(
-        f"{FILES[name]} is not in the data directory {directory}, and {reason}.\n"
+        f"{cfg.file} is not in the data directory {directory}, and {reason}.\n"
         f"Fix, either:\n"
-        f"  - on a machine with internet (e.g. the login node): python -m src.data download --data-dir {directory}\n"
-        f"  - or point at a folder that has Keras's {FILES[name]}: export {DATA_DIR_ENV}=/path/to/folder "
+        f"  - on a machine with internet (e.g. the login node): python -m src.data download --dataset {cfg.name} "
+        f"--data-dir {directory}\n"
+        f"  - or point at a folder that has {cfg.file}: export {DATA_DIR_ENV}=/path/to/folder "
         f"(or data_dir=/path/to/folder)"
     )
 
 
-def fetch(name: str, directory: Path) -> Path:
-    """Download one dataset file through Keras into `directory`, checking Keras's sha256."""
-    import keras
-
+def fetch(cfg, directory: Path) -> Path:
+    """Download the dataset's file into `directory`; a file whose sha256 differs from the known one is not kept."""
     directory.mkdir(parents=True, exist_ok=True)
-    fname = FILES[name]
-    path = keras.utils.get_file(
-        fname=fname, origin=KERAS_ORIGIN + fname, file_hash=SHA256[fname], cache_dir=str(directory), cache_subdir="."
-    )
-    return Path(path)
+    path = directory / cfg.file
+    partial = path.with_name(f".{path.name}.part")
+    print(f"Downloading {cfg.url} -> {path}", file=sys.stderr)
+    try:
+        with urllib.request.urlopen(cfg.url, timeout=60) as response, open(partial, "wb") as out:
+            while block := response.read(1 << 20):
+                out.write(block)
+        if cfg.sha256 and sha256(partial) != cfg.sha256:
+            raise DataError(f"the download of {cfg.url} does not match the dataset's sha256")
+        os.replace(partial, path)  # never a half-downloaded file under the real name
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
 
 
 def sha256(path: Path) -> str:
@@ -142,47 +166,186 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _cache_file() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "le5" / "sha256.json"
+
+
+def digest(path: Path) -> str:
+    """sha256 of `path`, cached by (path, size, mtime): hashing IMDB's 17 MB on every run would cost ~0.1 s."""
+    import json
+
+    stat = path.stat()
+    key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    cache = _cache_file()
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = sha256(path)
+        try:  # a read-only home only costs the hash next time
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(known))
+            os.replace(tmp, cache)
+        except OSError:
+            pass
+    return known[key]
+
+
+def verify(cfg, path: Path) -> str:
+    """The file's sha256, refusing a file that is not the dataset's known one (when the YAML names one)."""
+    found = digest(path)
+    if cfg.sha256 and found != cfg.sha256:
+        raise DataError(
+            f"{path} is not the {cfg.name} file this dataset expects: its sha256 is {found[:16]}..., "
+            f"the known one {cfg.sha256[:16]}....\n"
+            f"Fix: fetch the real file (delete it, then python -m src.data download --dataset {cfg.name} "
+            f"--data-dir {path.parent}), or, to train on this file on purpose, dataset.sha256=null "
+            f"(or another dataset YAML for it)."
+        )
+    return found
+
+
 # ---------------------------------------------------------------------------------------------
 # Arrays
 
 
-def mnist_arrays(path: Path) -> dict[str, np.ndarray]:
-    """uint8 images (N, 28, 28) and integer labels, as keras.datasets.mnist.load_data gives them."""
-    a = read_npz(path)
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model is built for: the dataset's kind, one sample's shape, classes, and the pixel scale."""
+
+    kind: Kind
+    shape: tuple
+    num_classes: int
+    scale: float | None = None  # images: divide by this inside the model
+
+    @property
+    def binary(self) -> bool:
+        return self.num_classes == 2
+
+    @property
+    def loss(self) -> str:
+        return "binary_crossentropy" if self.binary else "sparse_categorical_crossentropy"
+
+
+@dataclass
+class Split:
+    x: np.ndarray | scipy.sparse.csr_matrix  # uint8 images, or multi-hot rows as CSR (float32 ones)
+    y: np.ndarray  # int32 class indices; float32 0/1 for a binary dataset
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def dense_rows(self, stop: int) -> np.ndarray:
+        """The first `stop` samples as the model takes them (multi-hot rows made dense)."""
+        x = self.x[:stop]
+        return x.toarray() if scipy.sparse.issparse(x) else x
+
+
+@dataclass
+class Data:
+    train: Split
+    val: Split
+    test: Split
+    spec: InputSpec
+    path: Path
+    sha256: str
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+def load(cfg, directory: Path) -> Data:
+    """Train/validation/test splits for `cfg` (a dataset config); validation = the first training samples."""
+    if cfg.format not in LOADERS:
+        raise DataError(f"dataset.format={cfg.format!r} has no loader; choose from {sorted(LOADERS)} (src/data.py)")
+    path = locate(cfg, directory)
+    found = verify(cfg, path)
+    arrays = LOADERS[cfg.format](path)
+    kind = Kind(cfg.kind)
+    if kind == Kind.images:
+        train, test, spec = _images(cfg, path, arrays)
+    else:
+        train, test, spec = _sequences(cfg, arrays)
+    v = cfg.validation_size
+    if v >= len(train):
+        raise DataError(
+            f"dataset.validation_size={v} leaves no training data: {cfg.name} has {len(train)} "
+            f"training samples. Fix: lower dataset.validation_size."
+        )
+    labels = np.concatenate([train.y, test.y])
+    if labels.size and (labels.min() < 0 or labels.max() >= cfg.num_classes):
+        raise DataError(f"{path}: labels range {labels.min()}..{labels.max()}, but dataset.num_classes={cfg.num_classes}")
+    return Data(
+        train=Split(train.x[v:], train.y[v:]),
+        val=Split(train.x[:v], train.y[:v]),
+        test=test,
+        spec=spec,
+        path=path,
+        sha256=found,
+    )
+
+
+def _labels(y: np.ndarray, num_classes: int) -> np.ndarray:
+    return y.astype(np.float32) if num_classes == 2 else y.astype(np.int32)
+
+
+def _images(cfg, path: Path, a: dict) -> tuple[Split, Split, InputSpec]:
+    """uint8 images as Keras's loaders give them, checked against the dataset's shape."""
+    shape = tuple(cfg.shape)
     for split in ("train", "test"):
         x, y = a[f"x_{split}"], a[f"y_{split}"]
-        if x.ndim != 3 or x.shape[1:] != (28, 28) or len(x) != len(y):
-            raise DataError(f"{path}: x_{split} has shape {x.shape}, expected (N, 28, 28) with N = len(y_{split})")
-    return a
+        if x.shape[1:] != shape or len(x) != len(y):
+            raise DataError(
+                f"{path}: x_{split} has shape {x.shape}, expected (N, {', '.join(map(str, shape))}) with "
+                f"N = len(y_{split}) = {len(y)}. Fix: dataset.shape in conf/dataset/{cfg.name}.yaml"
+            )
+    spec = InputSpec(Kind.images, shape, cfg.num_classes, cfg.scale)
+    return (*(Split(a[f"x_{s}"], _labels(a[f"y_{s}"], cfg.num_classes)) for s in ("train", "test")), spec)
 
 
-def imdb_sequences(path: Path, num_words: int, num_bins: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _sequences(cfg, a: dict) -> tuple[Split, Split, InputSpec]:
+    seqs = word_index_rows(a, cfg)
+    width = cfg.num_words + cfg.num_bins  # the multi-hot width: words, then hashed bigrams
+    splits = []
+    for split in ("train", "test"):
+        row_splits, words, labels = seqs[split]
+        ones = np.ones(len(words), dtype=np.float32)
+        x = scipy.sparse.csr_matrix((ones, words, row_splits), shape=(len(labels), width))
+        splits.append(Split(x, _labels(labels, cfg.num_classes)))
+    return splits[0], splits[1], InputSpec(Kind.sequences, (width,), cfg.num_classes)
+
+
+def word_index_rows(a: dict, cfg) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Reviews as CSR rows (row_splits, word indices) plus labels, per split.
 
     Reproduces keras.datasets.imdb.load_data(num_words=...) exactly (shuffle with seed 113,
-    start character 1, indices offset by 3, rare words -> 2), vectorised over all reviews.
+    start character 1, indices offset by 3, rare words -> 2; each a field of `cfg`), vectorised over all reviews.
     Each row keeps its distinct word indices in ascending order: what a multi-hot vector needs.
     With `num_bins` > 0, each pair of neighbouring words (a bigram, over the full vocabulary) also
     sets one of `num_bins` hashed columns after the words, like keras.layers.Hashing(num_bins):
     word order that single words cannot see ("not good").
     """
-    a = read_npz(path)
-    rng = np.random.RandomState(IMDB_SHUFFLE_SEED)
+    num_words, num_bins = cfg.num_words, cfg.num_bins
+    rng = np.random.RandomState(cfg.shuffle_seed) if cfg.shuffle_seed is not None else None
     out = {}
     for split in ("train", "test"):  # the same generator for both, in this order, as Keras does
         order = np.arange(len(a[f"x_{split}"]))
-        rng.shuffle(order)
-        reviews, labels = a[f"x_{split}"][order], a[f"y_{split}"][order].astype(np.float32)
+        if rng is not None:
+            rng.shuffle(order)
+        reviews, labels = a[f"x_{split}"][order], a[f"y_{split}"][order]
         lengths = np.fromiter((len(r) for r in reviews), dtype=np.int64, count=len(reviews))
-        raw = np.concatenate([np.asarray(r, dtype=np.int64) for r in reviews]) + INDEX_FROM
-        words = np.where(raw >= num_words, OOV_CHAR, raw)
+        raw = np.concatenate([np.asarray(r, dtype=np.int64) for r in reviews] or [np.zeros(0, np.int64)]) + cfg.index_from
+        words = np.where(raw >= num_words, cfg.oov_char, raw)
         rows = np.repeat(np.arange(len(reviews)), lengths)
         width = num_words + num_bins
         if num_bins:
             rows, words = _with_bigrams(rows, words, raw, num_words, num_bins)
         # one start character per review, then distinct (row, word) pairs in row-major order
         rows = np.concatenate([np.arange(len(reviews)), rows])
-        words = np.concatenate([np.full(len(reviews), START_CHAR), words])
+        words = np.concatenate([np.full(len(reviews), cfg.start_char), words])
         keys = np.sort(rows * width + words)  # sort + mask: np.unique's hashing is 6x slower here
         keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
         rows, words = np.divmod(keys, width)
@@ -201,169 +364,33 @@ def _with_bigrams(rows, words, raw, num_words: int, num_bins: int):
 
 
 # ---------------------------------------------------------------------------------------------
-# tf.data pipelines
-
-
-@dataclass
-class Data:
-    train: object  # tf.data.Dataset of (features, labels) batches
-    val: object
-    test: object
-    sample: tuple  # (features, labels) of the first 10 test samples, for the predictions artifact
-    input_shape: tuple
-    num_classes: int  # 1: binary with a sigmoid output
-    sparse: bool  # features are tf.SparseTensor batches
-    loss: str
-    sizes: dict
-
-
-@dataclass
-class Tuning:
-    """tf.data parallelism (hardware.num_parallel_calls, hardware.prefetch_buffer_size); None = AUTOTUNE."""
-
-    num_parallel_calls: int | None = None
-    prefetch_buffer_size: int | None = None
-
-
-def _batches(n: int, take, batch_size: int, shuffle: bool, seed: int, tuning: Tuning):
-    """Index batches of range(n), mapped to tensors by `take(indices)`.
-
-    Shuffling indices (not samples) keeps the buffer tiny and gives a full reshuffle per epoch.
-    """
-    import tensorflow as tf
-
-    def tuned(value):
-        return tf.data.AUTOTUNE if value is None else value
-
-    ds = tf.data.Dataset.range(n)
-    if shuffle:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(take, num_parallel_calls=tuned(tuning.num_parallel_calls), deterministic=True)
-    return ds.prefetch(tuned(tuning.prefetch_buffer_size))
-
-
-def load(cfg, batch_size: int, seed: int, directory: Path, tuning: Tuning | None = None) -> Data:
-    """Train/validation/test pipelines for `cfg` (a dataset config); validation = the first samples."""
-    import tensorflow as tf
-
-    tuning = tuning or Tuning()
-    # tf.data runs on the host: keep its source arrays in host memory, not on a GPU that a
-    # plain tf.constant would pick, so batches are not copied back from the device.
-    with tf.device("/cpu:0"):
-        if cfg.name == "mnist":
-            return _mnist(locate("mnist", directory, cfg.download), cfg, batch_size, seed, tuning)
-        if cfg.name == "imdb":
-            return _imdb(locate("imdb", directory, cfg.download), cfg, batch_size, seed, tuning)
-    raise ValueError(f"unknown dataset {cfg.name!r}; choose from {sorted(FILES)}")
-
-
-def _split_check(name: str, n_train: int, validation_size: int) -> None:
-    if validation_size >= n_train:
-        raise DataError(
-            f"dataset.validation_size={validation_size} leaves no training data: {name} has {n_train} "
-            f"training samples. Fix: lower dataset.validation_size."
-        )
-
-
-def _mnist(path: Path, cfg, batch_size: int, seed: int, tuning: Tuning) -> Data:
-    import tensorflow as tf
-
-    a = mnist_arrays(path)
-    v = cfg.validation_size
-    _split_check("mnist", len(a["x_train"]), v)
-    splits = {
-        "train": (a["x_train"][v:], a["y_train"][v:]),
-        "val": (a["x_train"][:v], a["y_train"][:v]),
-        "test": (a["x_test"], a["y_test"]),
-    }
-
-    def pipeline(x, y, shuffle):
-        x, y = tf.constant(x), tf.constant(y.astype(np.int32))
-
-        def take(i):
-            return tf.cast(tf.gather(x, i), tf.float32) / 255.0, tf.gather(y, i)
-
-        return _batches(len(y), take, batch_size, shuffle, seed, tuning)
-
-    x_test, y_test = splits["test"]
-    return Data(
-        train=pipeline(*splits["train"], shuffle=True),
-        val=pipeline(*splits["val"], shuffle=False),
-        test=pipeline(*splits["test"], shuffle=False),
-        sample=(x_test[:10].astype(np.float32) / 255.0, y_test[:10]),
-        input_shape=(28, 28),
-        num_classes=10,
-        sparse=False,
-        loss="sparse_categorical_crossentropy",
-        sizes={k: len(y) for k, (_, y) in splits.items()},
-    )
-
-
-def _imdb(path: Path, cfg, batch_size: int, seed: int, tuning: Tuning) -> Data:
-    import tensorflow as tf
-
-    seqs = imdb_sequences(path, cfg.num_words, cfg.num_bins)
-    num_words = cfg.num_words + cfg.num_bins  # the multi-hot width: words, then hashed bigrams
-    train_splits, train_words, train_labels = seqs["train"]
-    v = cfg.validation_size
-    _split_check("imdb", len(train_labels), v)
-    cut = train_splits[v]
-    splits = {
-        "train": (train_splits[v:] - cut, train_words[cut:], train_labels[v:]),
-        "val": (train_splits[: v + 1], train_words[:cut], train_labels[:v]),
-        "test": seqs["test"],
-    }
-
-    def pipeline(row_splits, words, labels, shuffle):
-        reviews = tf.RaggedTensor.from_row_splits(tf.constant(words), tf.constant(row_splits), validate=False)
-        labels_t = tf.constant(labels)
-
-        def take(i):
-            # ragged rows -> SparseTensor [batch, num_words] of ones: the multi-hot batch, never dense
-            batch = tf.gather(reviews, i)
-            coords = batch.to_sparse()
-            indices = tf.stack([coords.indices[:, 0], coords.values], axis=1)
-            ones = tf.ones_like(coords.values, dtype=tf.float32)
-            shape = tf.stack([tf.shape(i, out_type=tf.int64)[0], tf.constant(num_words, tf.int64)])
-            return tf.SparseTensor(indices, ones, shape), tf.gather(labels_t, i)
-
-        return _batches(len(labels), take, batch_size, shuffle, seed, tuning)
-
-    test_splits, test_words, test_labels = seqs["test"]
-    sample = np.zeros((10, num_words), dtype=np.float32)
-    for row in range(10):
-        sample[row, test_words[test_splits[row] : test_splits[row + 1]]] = 1.0
-    return Data(
-        train=pipeline(*splits["train"], shuffle=True),
-        val=pipeline(*splits["val"], shuffle=False),
-        test=pipeline(*splits["test"], shuffle=False),
-        sample=(sample, test_labels[:10]),
-        input_shape=(num_words,),
-        num_classes=1,
-        sparse=True,
-        loss="binary_crossentropy",
-        sizes={k: len(s[2]) for k, s in splits.items()},
-    )
-
-
-# ---------------------------------------------------------------------------------------------
 # Command line: python -m src.data {download,check}
 
 
+def _datasets() -> dict[str, object]:
+    """Every dataset option in conf/dataset, as its schema-checked config."""
+    from omegaconf import OmegaConf
+
+    schema = OmegaConf.structured(config.DatasetConfig)
+    return {name: OmegaConf.merge(schema, yaml) for name, yaml in config.options("dataset").items()}
+
+
 def _cli(argv: list[str] | None = None) -> int:
+    datasets = _datasets()
     parser = argparse.ArgumentParser(prog="python -m src.data", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["download", "check"])
-    parser.add_argument("--dataset", choices=[*sorted(FILES), "all"], default="all")
+    parser.add_argument("--dataset", choices=[*sorted(datasets), "all"], default="all")
     parser.add_argument("--data-dir", default=None, help=f"default: ${DATA_DIR_ENV}, else {PROJECT_ROOT / 'data'}")
     args = parser.parse_args(argv)
     directory = data_dir(args.data_dir)
-    names = sorted(FILES) if args.dataset == "all" else [args.dataset]
+    names = sorted(datasets) if args.dataset == "all" else [args.dataset]
     status = 0
     for name in names:
-        path = directory / FILES[name]
+        cfg = datasets[name]
+        path = directory / cfg.file
         if args.command == "download" and not path.is_file():
             try:
-                fetch(name, directory)
+                fetch(cfg, directory)
             except Exception as err:
                 print(f"{name}: download failed ({type(err).__name__}: {err})", file=sys.stderr)
                 status = 1
@@ -371,10 +398,12 @@ def _cli(argv: list[str] | None = None) -> int:
         if not path.is_file():
             print(f"{name}: missing ({path})")
             status = 1
-        elif sha256(path) == SHA256[path.name]:
-            print(f"{name}: ok ({path}, sha256 matches Keras's)")
+        elif not cfg.sha256:
+            print(f"{name}: present ({path}; no known sha256 to check against)")
+        elif sha256(path) == cfg.sha256:
+            print(f"{name}: ok ({path}, sha256 matches)")
         else:
-            print(f"{name}: {path} differs from Keras's file (sha256 mismatch): delete it and download again")
+            print(f"{name}: {path} differs from the known file (sha256 mismatch): delete it and download again")
             status = 1
     return status
 

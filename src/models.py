@@ -1,41 +1,45 @@
-"""Plain keras.Model builders and optimizers, chosen by name from explicit dicts."""
+"""Plain keras.Model builders and optimizers, chosen by name from explicit dicts.
+
+A builder takes the model's config and the dataset's `InputSpec` (kind, sample shape, classes) and
+returns an uncompiled keras.Model. Which datasets a model takes is declared in its YAML (`accepts`,
+`input_shape`) so that a mismatch is refused before Keras is imported.
+"""
 
 from __future__ import annotations
 
 import keras
 from keras import layers
 
-
-def mnist_dense(cfg, input_shape: tuple, num_classes: int) -> keras.Model:
-    """The lab's net: Dense 512 relu -> Dense 10 softmax on flattened pixels."""
-    inputs = keras.Input(shape=input_shape)
-    x = layers.Flatten()(inputs)
-    x = _hidden_stack(x, cfg)
-    return keras.Model(inputs, _classifier(x, num_classes), name=cfg.name)
+from .config import ConfigError
+from .data import InputSpec
 
 
-def mnist_cnn(cfg, input_shape: tuple, num_classes: int) -> keras.Model:
-    """Conv2D + MaxPool blocks, then Dropout and a softmax classifier."""
-    inputs = keras.Input(shape=input_shape)
-    x = layers.Reshape((*input_shape, 1))(inputs)
+def mnist_dense(cfg, spec: InputSpec) -> keras.Model:
+    """Flattened pixels -> `units` hidden Dense layers (Dropout at `rate`) -> softmax over the classes."""
+    inputs, x = _inputs(spec)
+    x = _hidden_stack(layers.Flatten()(x), cfg)
+    return keras.Model(inputs, _classifier(x, spec), name=cfg.name)
+
+
+def mnist_cnn(cfg, spec: InputSpec) -> keras.Model:
+    """One Conv2D + MaxPool block per `filters` entry, optional Dense layers, Dropout, softmax classifier."""
+    inputs, x = _inputs(spec)
+    if len(spec.shape) == 2:  # grey images: one channel
+        x = layers.Reshape((*spec.shape, 1))(x)
     for filters in cfg.filters:
         x = layers.Conv2D(filters, cfg.kernel_size, activation=cfg.activation)(x)
         x = layers.MaxPooling2D()(x)
-    x = layers.Flatten()(x)
-    x = _hidden_stack(x, cfg)
+    x = _hidden_stack(layers.Flatten()(x), cfg)
     if cfg.rate and not cfg.units:  # keras-io's convnet: dropout right before the classifier
         x = layers.Dropout(cfg.rate)(x)
-    return keras.Model(inputs, _classifier(x, num_classes), name=cfg.name)
+    return keras.Model(inputs, _classifier(x, spec), name=cfg.name)
 
 
-def imdb_dense(cfg, input_shape: tuple, num_classes: int) -> keras.Model:
-    """The lab's nets: Dense 16 relu -> Dense 16 relu -> Dense 1 sigmoid (Dropout if model.rate > 0).
-
-    The input is a sparse multi-hot batch: the first Dense layer multiplies only the words present.
-    """
-    inputs = keras.Input(shape=input_shape, sparse=True)
-    x = _hidden_stack(inputs, cfg)
-    return keras.Model(inputs, _classifier(x, num_classes), name=cfg.name)
+def imdb_dense(cfg, spec: InputSpec) -> keras.Model:
+    """Multi-hot word vectors -> `units` hidden Dense layers (Dropout at `rate`) -> sigmoid (the lab's 16-16-1)."""
+    inputs, x = _inputs(spec)
+    x = _hidden_stack(x, cfg)
+    return keras.Model(inputs, _classifier(x, spec), name=cfg.name)
 
 
 MODELS = {
@@ -46,10 +50,30 @@ MODELS = {
 }
 
 
-def build_model(cfg, input_shape: tuple, num_classes: int) -> keras.Model:
+def check(model_cfg, optimizer_cfg) -> None:
+    """Refuse a model or optimizer name without a builder, before any data is loaded."""
+    for what, name, registry in (("model", model_cfg.name, MODELS), ("optimizer", optimizer_cfg.name, OPTIMIZERS)):
+        if name not in registry:
+            raise ConfigError(
+                f"{what}.name={name!r} has no builder; choose from {sorted(registry)}, or add one to "
+                f"{what.upper()}S in src/models.py (README: Adding a model)"
+            )
+
+
+def build_model(cfg, spec: InputSpec) -> keras.Model:
     if cfg.name not in MODELS:
-        raise ValueError(f"unknown model {cfg.name!r}; choose from {sorted(MODELS)}")
-    return MODELS[cfg.name](cfg, input_shape, num_classes)
+        raise ValueError(f"unknown model {cfg.name!r}; choose from {sorted(MODELS)} (src/models.py, MODELS)")
+    return MODELS[cfg.name](cfg, spec)
+
+
+def _inputs(spec: InputSpec):
+    """The model's input and, for images, the uint8 pixels scaled to [0, 1] inside the model (so the data
+    stays uint8 in host memory, and the saved model takes raw images)."""
+    if spec.scale:
+        inputs = keras.Input(shape=spec.shape, dtype="uint8", name="pixels")
+        return inputs, layers.Rescaling(1.0 / spec.scale)(inputs)
+    inputs = keras.Input(shape=spec.shape, name="multi_hot")
+    return inputs, inputs
 
 
 def _hidden_stack(x, cfg):
@@ -61,11 +85,11 @@ def _hidden_stack(x, cfg):
     return x
 
 
-def _classifier(x, num_classes: int):
+def _classifier(x, spec: InputSpec):
     # float32 output even under mixed precision: softmax/sigmoid in float16 loses the loss's precision
-    if num_classes == 1:
+    if spec.binary:
         return layers.Dense(1, activation="sigmoid", dtype="float32", name="output")(x)
-    return layers.Dense(num_classes, activation="softmax", dtype="float32", name="output")(x)
+    return layers.Dense(spec.num_classes, activation="softmax", dtype="float32", name="output")(x)
 
 
 OPTIMIZERS = {

@@ -15,11 +15,13 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from .errors import UserError
+
 MIN_FREE_BYTES = 100 * 2**20  # a few checkpoints and a saved model of the lab's nets
 PROBE_BYTES = 64 * 2**10
 
 
-class FolderError(RuntimeError):
+class FolderError(UserError):
     """A folder the run writes to is not writable or is full; the message names the fix."""
 
 

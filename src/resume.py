@@ -5,7 +5,7 @@ A backup folder holds the model's and optimizer's weights of the last finished e
 and names the weights file, the MLflow run and every finished epoch's logs. So a job killed at
 any instant leaves either the previous epoch's state or the new one, never a mix.
 
-Together with `tracking.MLflowMetrics` this gives each epoch exactly once in MLflow:
+Together with `callbacks.MLflowMetrics` this gives each epoch exactly once in MLflow:
 - the backup commits epoch k *before* MLflow hears of it (callback order in train.py), so MLflow
   never has an epoch the backup lacks; a resumed run never repeats a logged epoch;
 - a job killed between the two leaves epoch k in the backup only: on resume MLflowMetrics sends
@@ -28,11 +28,11 @@ from pathlib import Path
 
 import keras
 
-from .tracking import numeric_logs
+from .callbacks import numeric_logs
+from .paths import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = PROJECT_ROOT / "checkpoints"
 STATE = "state.json"
 
@@ -56,24 +56,44 @@ def backup_dir(configured: str | None, output_dir: Path, job_num: int | None = N
     return CHECKPOINTS / name
 
 
-def for_run(configured: str | None, output_dir: Path, job_num: int | None, params: dict[str, str]) -> "Backup":
+def for_run(cfg, backend: str, data_sha256: str, output_dir: Path, job_num: int | None) -> "Backup":
     """The run's backup. It is resumed only where a restart can mean it: in a SLURM job (a requeue) or
     from a folder named in trainer.backup_dir. A local run's default folder is its own new output
     folder, so a local run never picks up another run's state by accident."""
+    configured = cfg.trainer.backup_dir
     folder = backup_dir(configured, output_dir, job_num)
     resumable = bool(configured or os.environ.get("SLURM_JOB_ID"))
-    return Backup(folder, fingerprint(params), resume=resumable)
+    return Backup(folder, fingerprint(cfg, backend, data_sha256), resume=resumable)
 
 
-def fingerprint(params: dict[str, str]) -> str:
-    """A hash of the resolved config: a backup is only resumed by the configuration that made it."""
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+# What changes the training, and so must match for a backup to be resumed. Not: where things are written
+# or logged (trainer.backup_dir, tracking.*, data_dir, hydra.*), how much is printed, how many epochs in
+# all (a run may be extended), early stopping, or the hardware (a requeue may land on another GPU).
+FINGERPRINT_KEYS = ("dataset", "model", "optimizer", "seed", "trainer.batch_size", "hardware.mixed_precision")
+# Dataset keys that say where the file comes from, not what it holds (its sha256 is in the fingerprint).
+DATA_SOURCE_KEYS = ("download", "url", "file", "sha256")
+
+
+def fingerprint(cfg, backend: str, data_sha256: str) -> str:
+    """A hash of what makes the training: the model, data (by content), optimizer, seed, batch size, backend."""
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    picked = {}
+    for key in FINGERPRINT_KEYS:
+        node = resolved
+        for part in key.split("."):
+            node = node[part]
+        picked[key] = node
+    picked["dataset"] = {k: v for k, v in picked["dataset"].items() if k not in DATA_SOURCE_KEYS}
+    picked.update(backend=backend, data_sha256=data_sha256)
+    return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class Backup(keras.callbacks.Callback):
     """The backup folder of one run, and the Keras callback that commits each finished epoch.
 
-    Put it before `tracking.MLflowMetrics` in the callback list (see the module docstring).
+    Put it before `callbacks.MLflowMetrics` in the callback list (see the module docstring).
     """
 
     def __init__(self, folder: Path, config_hash: str, resume: bool = True):

@@ -28,8 +28,11 @@ import threading
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig
+
+from .config import best as best_of
+from .config import lower_is_better
+from .tables import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +41,16 @@ SUMMARY_FILE = "sweep_summary.md"
 METRICS = ("val_loss", "val_accuracy", "test_loss", "test_accuracy")
 
 
-def parent(hc) -> tuple[str | None, dict[str, str]]:
-    """In a multirun job: the parent run's id and the tags a child carries; else (None, {})."""
-    if hc.mode != RunMode.MULTIRUN:
+def parent(sweep_dir: Path | None, overrides: list[str], job_num: int | None) -> tuple[str | None, dict[str, str]]:
+    """In a multirun job (`sweep_dir` set): the parent run's id and the tags a child carries; else (None, {})."""
+    if sweep_dir is None:
         return None, {}
-    path = Path(hc.sweep.dir) / PARENT_FILE
+    path = Path(sweep_dir) / PARENT_FILE
     if not path.exists():  # the callback was switched off: jobs are plain runs
         return None, {}
     record = json.loads(path.read_text())
     # Exact override strings (values may hold spaces, commas, '='), for the summary's table.
-    return record["run_id"], {"sweep.overrides": json.dumps(list(hc.overrides.task)), "sweep.job_num": str(hc.job.num)}
+    return record["run_id"], {"sweep.overrides": json.dumps(list(overrides)), "sweep.job_num": str(job_num)}
 
 
 class MLflowSweep(Callback):
@@ -58,11 +61,11 @@ class MLflowSweep(Callback):
         self._ended = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from . import tracking
+        from .store import TrackingError
 
         try:
             self._start(config)
-        except tracking.TrackingError as err:
+        except TrackingError as err:
             # Hydra would only warn about a callback's exception and run the jobs anyway.
             log.error("%s", err)
             sys.exit(2)
@@ -70,19 +73,20 @@ class MLflowSweep(Callback):
     def _start(self, config: DictConfig) -> None:
         from mlflow.tracking import MlflowClient
 
-        from . import tracking
+        from . import store
+        from .config import experiment_name
 
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         self.monitor = config.trainer.monitor
-        uri = tracking.tracking_uri(config.tracking.tracking_uri)
-        experiment_id = tracking.connect(uri, config.tracking.experiment_name)
+        uri = store.tracking_uri(config.tracking.tracking_uri)
+        experiment_id = store.connect(uri, experiment_name(config))
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         record = self.sweep_dir / PARENT_FILE
         try:
             # "x": exclusive creation, so two sweeps can never share a folder (nor a parent run)
             handle = open(record, "x")
         except FileExistsError:
-            raise tracking.TrackingError(
+            raise store.TrackingError(
                 f"the sweep folder {self.sweep_dir} already belongs to another sweep ({record} exists).\n"
                 "Fix: leave hydra.sweep.dir at its default, or give this sweep a new folder."
             ) from None
@@ -173,19 +177,16 @@ def summary(children: list, monitor: str = "val_loss") -> tuple[str, object | No
              *(f"{m[k]:.4f}" if k in m else "" for k in METRICS), job]
         )
     finished = [r for r in children if r.info.status == "FINISHED" and monitor in r.data.metrics]
-    lower_is_better = monitor.endswith("loss")
     best = None
     if finished:
-        best = (min if lower_is_better else max)(finished, key=lambda r: r.data.metrics[monitor])
+        best = best_of(finished, monitor, key=lambda r: r.data.metrics[monitor])
     lines = [
         f"# Sweep: {len(children)} runs, {sum(r.info.status == 'FINISHED' for r in children)} finished",
         "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
-        *("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows),
+        markdown_table(columns, [[str(c) for c in row] for row in rows]),
         "",
         (
-            f"Best run by final {monitor} ({'lowest' if lower_is_better else 'highest'}): "
+            f"Best run by final {monitor} ({'lowest' if lower_is_better(monitor) else 'highest'}): "
             f"{best.info.run_id[:8]} ({' '.join(f'{k}={v}' for k, v in _overrides(best).items() if k in varying)}), "
             f"{monitor} = {best.data.metrics[monitor]:.4f}, run id {best.info.run_id}"
             if best

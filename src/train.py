@@ -2,135 +2,152 @@
 
     python -m src.train                                   # the lab's MNIST dense net
     python -m src.train model=imdb_dropout                # IMDB dropout net (selects the IMDB dataset)
+    python -m src.train backend=jax                       # the same on Keras's JAX backend
     python -m src.train -m optimizer.learning_rate=1e-2,1e-3,1e-4
 
-Returns the best value of `trainer.monitor` (default val_loss), so Hydra sweepers can optimise it.
+`main` is Hydra's entry point: it gathers what the run needs from HydraConfig and calls `train`, a plain
+function that tests and notebooks call with a composed config and a folder. `train` returns the best value
+of `trainer.monitor` (default val_loss), so Hydra sweepers can optimise it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import tempfile
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ start-up chatter
-
 import hydra
-import keras
-import mlflow
-import numpy as np
-from mlflow.entities import Metric
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from . import config, data, hardware, models, outbox, plots, preflight, resume, sweep, tracking
+from . import backend, config
+from .errors import UserError
 
 config.register()
 log = logging.getLogger(__name__)
 
-# Failures whose message already names the cause and the fix: shown without a traceback.
-USER_ERRORS = (
-    config.ConfigError,
-    data.DataError,
-    hardware.HardwareError,
-    tracking.TrackingError,
-    preflight.FolderError,
-    FloatingPointError,
-)
+
+@dataclass
+class Job:
+    """How a run was started, for its MLflow record; Hydra's entry point fills it in, a notebook may leave it."""
+
+    choices: dict = field(default_factory=dict)  # config-group choices (tags; checked against each YAML's name)
+    overrides: list[str] = field(default_factory=list)  # the command line's overrides
+    name: str | None = None  # the MLflow run name; None: the model's name
+    num: int | None = None  # a multirun job's number
+    sweep_dir: Path | None = None  # a multirun's folder, where its MLflow parent run is recorded
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    job = Job(
+        choices=dict(hc.runtime.choices),
+        overrides=list(hc.overrides.task),
+        name=_run_name(hc),
+        num=hc.job.num if multirun else None,
+        sweep_dir=Path(hc.sweep.dir) if multirun else None,
+    )
     try:
-        return train(cfg)
-    except USER_ERRORS as err:
+        return train(cfg, Path(hc.runtime.output_dir), job)
+    except UserError as err:
         if multirun:
             raise  # Hydra marks this job failed and still runs the rest of the sweep
         print(f"Error: {err}", file=sys.stderr)
         sys.exit(2)
-    except (KeyboardInterrupt, tracking.Terminated):
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (runs.Terminated)
         print("Interrupted: any MLflow run was ended KILLED, keeping the metrics logged so far.", file=sys.stderr)
         sys.exit(130)
 
 
-def train(cfg: DictConfig) -> float:
-    hc = HydraConfig.get()
-    config.validate(cfg)
-    output_dir = Path(hc.runtime.output_dir)
-    preflight.check_folder(output_dir, "output folder", preflight.OUTPUT_FIX)
-    uri = tracking.tracking_uri(cfg.tracking.tracking_uri)
-    experiment_id = tracking.connect(uri, cfg.tracking.experiment_name)
+def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
+    """Train the composed config `cfg`, writing into the folder `workdir`; return the best `trainer.monitor`."""
+    job = job or Job()
+    workdir = Path(workdir)
+    config.validate(cfg, job.choices)
+    chosen, why = backend.choose(cfg.backend)
+    backend.activate(chosen, cfg.hardware)
+    log.info("Backend: %s (%s)", chosen.value, why)
 
-    keras.backend.clear_session()  # each multirun job starts from a clean TensorFlow state
-    strategy, device = hardware.setup(cfg.hardware)
+    # Keras and MLflow load only now, after the backend is set: a refused config never waits for them.
+    import keras
+    import mlflow
+
+    from . import batches, data, hardware, models, outbox, preflight, provenance, redaction, resume, runs, store, sweep
+
+    models.check(cfg.model, cfg.optimizer)
+    preflight.check_folder(workdir, "output folder", preflight.OUTPUT_FIX)
+    experiment_id = store.connect(store.tracking_uri(cfg.tracking.tracking_uri), config.experiment_name(cfg))
+
+    keras.backend.clear_session()  # each multirun job starts from a clean state
+    scope, device = hardware.setup(cfg.hardware, chosen)
     keras.utils.set_random_seed(cfg.seed)
-    tuning = data.Tuning(cfg.hardware.num_parallel_calls, cfg.hardware.prefetch_buffer_size)
-    ds = data.load(cfg.dataset, cfg.trainer.batch_size, cfg.seed, data.data_dir(cfg.data_dir), tuning)
-    log.info("Data: %s", ", ".join(f"{k} {n}" for k, n in ds.sizes.items()))
+    ds = data.load(cfg.dataset, data.data_dir(cfg.data_dir))
+    log.info("Data: %s (%s, sha256 %s)", ", ".join(f"{k} {n}" for k, n in ds.sizes.items()), ds.path, ds.sha256[:12])
 
-    parent_run_id, sweep_tags = sweep.parent(hc)  # a multirun's jobs are children of one parent run
-    run_tags = {**tracking.tags(hc.runtime.choices, list(hc.overrides.task)), **sweep_tags, "device": device}
-    run_params = tracking.params(cfg)
+    parent_run_id, sweep_tags = sweep.parent(job.sweep_dir, job.overrides, job.num)
+    run_tags = {**provenance.tags(job.choices, job.overrides, chosen.value), **sweep_tags, "device": device}
     # Checkpoint of the last finished epoch, in a folder a requeued SLURM job finds again.
-    job_num = hc.job.num if hc.mode == RunMode.MULTIRUN else None
-    backup = resume.for_run(cfg.trainer.backup_dir, output_dir, job_num, run_params)
+    backup = resume.for_run(cfg, chosen.value, ds.sha256, workdir, job.num)
     # Records the store does not take (a server lost mid-run) are kept here, to import later.
-    kept = outbox.Outbox(output_dir / outbox.FILENAME)
-    with tracking.run(
-        experiment_id, _run_name(hc), run_tags, parent_run_id, resume_run_id=backup.run_id, outbox=kept
+    kept = outbox.Outbox(workdir / outbox.FILENAME)
+    with runs.run(
+        experiment_id, job.name or cfg.model.name, run_tags, parent_run_id, resume_run_id=backup.run_id, outbox=kept
     ) as run:
         backup.record_run(run.info.run_id)
-        mlflow.log_params(run_params)
-        with strategy.scope():
-            model = models.build_model(cfg.model, ds.input_shape, ds.num_classes)
+        mlflow.log_params(redaction.params(cfg))
+        with scope:
+            model = models.build_model(cfg.model, ds.spec)
             model.compile(
                 optimizer=models.build_optimizer(cfg.optimizer),
-                loss=ds.loss,
+                loss=ds.spec.loss,
                 metrics=["accuracy"],
-                jit_compile=cfg.hardware.jit_compile and not ds.sparse,  # XLA has no sparse kernels
+                jit_compile="auto" if cfg.hardware.jit_compile is None else cfg.hardware.jit_compile,
                 steps_per_execution=cfg.hardware.steps_per_execution,
             )
             initial_epoch = backup.restore(model)  # 0 unless resuming
         model.summary(print_fn=lambda line, **_: log.info(line))
 
+        batch_size = cfg.trainer.batch_size
         this_start = model.fit(
-            ds.train,
-            validation_data=ds.val,
+            **batches.fit_args(ds.train, batch_size, shuffle=True, seed=cfg.seed),
+            validation_data=batches.validation_data(ds.val, batch_size),
             initial_epoch=initial_epoch,
             epochs=cfg.trainer.epochs,
             callbacks=_callbacks(cfg, run.info.run_id, backup, kept),
             verbose=cfg.trainer.verbose,
-            shuffle=False,  # the pipeline reshuffles every epoch itself
         ).history
         _raise_on_nan(this_start, cfg)
         history = backup.history  # every epoch, also those before a requeue
 
-        test = model.evaluate(ds.test, return_dict=True, verbose=0)
-        now = int(time.time() * 1000)
-        kept.log_metrics(run.info.run_id, [Metric(f"test_{k}", float(v), now, 0) for k, v in test.items()])
+        test = model.evaluate(**batches.fit_args(ds.test, batch_size), return_dict=True, verbose=0)
+        runs.log_final_metrics(kept, run.info.run_id, {f"test_{k}": v for k, v in test.items()})
         log.info("Test: %s", ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
-        predictions = _predictions(model, *ds.sample)
+        predictions = _predictions(model, ds.test.dense_rows(10), ds.test.y[:10])
         log.info("First 10 test predictions:\n%s", predictions)
-        _log_artifacts(cfg, history, predictions, model, output_dir, kept, run.info.run_id)
+        _log_artifacts(cfg, history, predictions, model, workdir, kept, run.info.run_id)
     backup.discard()  # the run is FINISHED: nothing left to resume
 
-    return _objective(history, cfg.trainer.monitor)
+    return float(config.best(history[cfg.trainer.monitor], cfg.trainer.monitor))
 
 
-def _callbacks(cfg, run_id: str, backup: resume.Backup, kept: outbox.Outbox) -> list[keras.callbacks.Callback]:
+def _callbacks(cfg, run_id: str, backup, kept) -> list:
+    import keras
+
+    from . import callbacks
+
     # The backup commits an epoch before MLflow logs it: see src/resume.py for why this order.
-    callbacks = [
+    found = [
         keras.callbacks.TerminateOnNaN(),
         backup,
-        tracking.MLflowMetrics(run_id, finished_epochs=backup.epochs, outbox=kept),
+        callbacks.MLflowMetrics(run_id, finished_epochs=backup.epochs, outbox=kept),
     ]
     if cfg.trainer.early_stopping_patience is not None:
-        callbacks.append(
+        found.append(
             keras.callbacks.EarlyStopping(
                 monitor=cfg.trainer.monitor,
                 patience=cfg.trainer.early_stopping_patience,
@@ -138,26 +155,29 @@ def _callbacks(cfg, run_id: str, backup: resume.Backup, kept: outbox.Outbox) -> 
                 verbose=1,
             )
         )
-    return callbacks
+    return found
+
+
+class Diverged(UserError, FloatingPointError):
+    """The loss became NaN or infinite."""
 
 
 def _raise_on_nan(history: dict, cfg) -> None:
+    import numpy as np
+
     losses = history.get("loss", [])
     if losses and not np.isfinite(losses[-1]):
-        raise FloatingPointError(
+        raise Diverged(
             f"loss became NaN at epoch {len(losses)}: training diverged. "
             f"Fix: lower optimizer.learning_rate (now {cfg.optimizer.learning_rate})."
         )
 
 
-def _objective(history: dict, monitor: str) -> float:
-    values = history[monitor]
-    return float(min(values) if monitor.endswith("loss") else max(values))
-
-
-def _predictions(model: keras.Model, x: np.ndarray, y: np.ndarray) -> str:
+def _predictions(model, x, y) -> str:
     """The first test samples as CSV: true label, predicted label, confidence."""
-    probs = model.predict(x, verbose=0)
+    import numpy as np
+
+    probs = np.asarray(model.predict(x, verbose=0))
     if probs.shape[-1] == 1:  # binary: probability of the positive class
         predicted = (probs[:, 0] > 0.5).astype(int)
         confidence = np.where(predicted == 1, probs[:, 0], 1 - probs[:, 0])
@@ -167,25 +187,29 @@ def _predictions(model: keras.Model, x: np.ndarray, y: np.ndarray) -> str:
     return "\n".join(["index,label,predicted,confidence", *rows])
 
 
-def _log_artifacts(cfg, history, predictions, model, output_dir: Path, kept: outbox.Outbox, run_id: str) -> None:
+def _log_artifacts(cfg, history, predictions, model, workdir: Path, kept, run_id: str) -> None:
     """Written to a temporary folder first, so a failure never leaves a half-written artifact set."""
+    from . import plots, redaction
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        (tmp / "config.yaml").write_text(tracking.config_yaml(cfg))
+        (tmp / "config.yaml").write_text(redaction.config_yaml(cfg))
         (tmp / "predictions.csv").write_text(predictions + "\n")
         plots.history(history, tmp / "plots" / "history.png", title=f"{cfg.model.name} on {cfg.dataset.name}")
         if cfg.tracking.log_model:
             (tmp / "model").mkdir()
             model.save(tmp / "model" / "model.keras")  # load with keras.saving.load_model (safe mode)
-        if (output_dir / ".hydra").is_dir():  # scrubbed copies: the command line may hold a secret
-            tracking.hydra_files(output_dir / ".hydra", tmp / "hydra")
+        if (workdir / ".hydra").is_dir():  # scrubbed copies: the command line may hold a secret
+            redaction.hydra_files(workdir / ".hydra", tmp / "hydra")
         kept.log_artifacts(run_id, tmp)
 
 
 def _run_name(hc) -> str:
+    from .redaction import redact
+
     overrides = hc.job.override_dirname
     name = hc.runtime.choices.get("model", "run")
-    return tracking.redact(f"{name}[{overrides}]")[:250] if overrides else name
+    return redact(f"{name}[{overrides}]")[:250] if overrides else name
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
 import pytest
@@ -87,14 +87,15 @@ def base_overrides(data_dir: Path, store: str, experiment: str) -> list[str]:
         f"tracking.tracking_uri={store}",
         f"tracking.experiment_name={experiment}",
         "dataset.download=false",
+        "dataset.sha256=null",  # the synthetic files are not Keras's
         "hardware=cpu",
         "trainer.epochs=1",
         *TINY,
     ]
 
 
-def compose(overrides: list[str], output_dir: Path | None = None):
-    """Compose conf/ like `python -m src.train` does and make it the current HydraConfig."""
+def compose(overrides: list[str], output_dir: Path | None = None, conf_dir: Path | None = None):
+    """Compose conf/ (or `conf_dir`) like `python -m src.train` does and make it the current HydraConfig."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -105,7 +106,7 @@ def compose(overrides: list[str], output_dir: Path | None = None):
 
     config.register()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir or ROOT / "conf"), version_base="1.3"):
         cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
     if output_dir is not None:
         with open_dict(cfg):
@@ -116,16 +117,25 @@ def compose(overrides: list[str], output_dir: Path | None = None):
     return cfg
 
 
+def train_composed(cfg):
+    """`train.train` as `python -m src.train` calls it, for a config made by `compose` (its HydraConfig)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from src import train
+
+    hc = HydraConfig.get()
+    job = train.Job(choices=dict(hc.runtime.choices), overrides=list(hc.overrides.task))
+    return train.train(cfg, Path(hc.runtime.output_dir), job)
+
+
 @pytest.fixture
 def train_run(data_dir, store, experiment, tmp_path):
     """Train in this process, as the CLI would; returns (objective, the finished MLflow run)."""
     import mlflow
 
-    from src import train
-
     def run(*overrides: str):
         cfg = compose([*base_overrides(data_dir, store, experiment), *overrides], output_dir=tmp_path)
-        objective = train.train(cfg)
+        objective = train_composed(cfg)
         runs = mlflow.search_runs(experiment_names=[experiment], output_format="list", order_by=["start_time DESC"])
         return objective, runs[0]
 
@@ -145,10 +155,16 @@ def run_cli(args: list[str], env: dict | None = None, timeout: int = 300, cwd: P
     )
 
 
-def pytest_configure(config):
-    # Two logical CPU devices, so MirroredStrategy can be tested without GPUs. Must happen
-    # before TensorFlow initialises its runtime, i.e. before any test touches a tensor.
-    import tensorflow as tf
+BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")  # the backend of the tests that train in this process
 
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+def pytest_configure(config):
+    # Two CPU devices, so multi-device training can be tested without GPUs. Must happen before the
+    # backend initialises its runtime, i.e. before any test touches a tensor.
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    elif BACKEND == "jax":
+        os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"

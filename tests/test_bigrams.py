@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from conftest import write_imdb
+from conftest import compose, write_imdb
 from src import data
 
 
 def test_words_only_is_unchanged_and_bigrams_add_hashed_columns(tmp_path):
     path = write_imdb(tmp_path / "imdb.npz")
-    words_only = data.imdb_sequences(path, num_words=1000)
-    with_bigrams = data.imdb_sequences(path, num_words=1000, num_bins=64)
-    raw_train = data.read_npz(path)["x_train"]
+    raw = data.read_npz(path)
+    cfg = compose(["model=imdb_dense", "dataset.num_words=1000"]).dataset
+    words_only = data.word_index_rows(raw, cfg)
+    cfg.num_bins = 64
+    with_bigrams = data.word_index_rows(raw, cfg)
+    raw_train = raw["x_train"]
     for split in ("train", "test"):
         splits0, words0, labels0 = words_only[split]
         splits2, words2, labels2 = with_bigrams[split]
@@ -25,7 +28,7 @@ def test_words_only_is_unchanged_and_bigrams_add_hashed_columns(tmp_path):
             assert len(bigrams) > 0 and bigrams.max() < 1000 + 64
             assert len(np.unique(both)) == len(both)  # multi-hot: each column once
     # the same review with its words in another order sets other bigram columns, the same word columns
-    review = np.asarray(raw_train[0], dtype=np.int64) + data.INDEX_FROM
+    review = np.asarray(raw_train[0], dtype=np.int64) + cfg.index_from
     rows = np.zeros(len(review), dtype=np.int64)
     forward = data._with_bigrams(rows, review, review, 100_000, 1 << 16)[1][len(review):]
     backward = data._with_bigrams(rows, review[::-1], review[::-1], 100_000, 1 << 16)[1][len(review):]

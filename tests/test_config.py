@@ -9,6 +9,7 @@ from omegaconf.errors import ValidationError
 from conftest import ROOT, compose
 from src import config
 
+# Derived from conf/, never typed by hand: a new option is composed and validated by the tests below.
 GROUPS = {g: sorted(p.stem for p in (ROOT / "conf" / g).glob("*.yaml")) for g in ("dataset", "model", "optimizer", "hardware")}
 
 
@@ -17,20 +18,24 @@ GROUPS = {g: sorted(p.stem for p in (ROOT / "conf" / g).glob("*.yaml")) for g in
 )
 def test_every_option_composes(group, option):
     overrides = [f"{group}={option}"]
-    if group == "dataset" and option == "imdb":
-        overrides.append("model=imdb_dense")  # the default model is an MNIST model
+    if group == "dataset":  # the default model must take the dataset: pick the first model that does
+        kind = config.options("dataset")[option]["kind"]
+        overrides.append("model=" + next(m for m, y in config.options("model").items() if y["accepts"] == kind))
     cfg = compose(overrides)
     assert cfg[group].name == option
-    config.validate(cfg)
+    config.validate(cfg, {group: option})
 
 
-def test_groups_have_the_expected_options():
-    assert GROUPS == {
-        "dataset": ["imdb", "mnist"],
-        "model": ["imdb_dense", "imdb_dropout", "mnist_cnn", "mnist_dense"],
-        "optimizer": ["adam", "rmsprop", "sgd"],
-        "hardware": ["auto", "cpu", "gpu", "multi_gpu"],
-    }
+def test_every_group_has_options_and_the_lab_defaults_exist():
+    assert all(GROUPS.values()), GROUPS
+    assert {"mnist", "imdb"} <= set(GROUPS["dataset"])
+    assert {"mnist_dense", "imdb_dense", "imdb_dropout"} <= set(GROUPS["model"])
+
+
+def test_every_model_yaml_names_a_builder():
+    from src import models
+
+    assert set(GROUPS["model"]) <= set(models.MODELS)
 
 
 def test_default_is_the_labs_mnist_baseline():
@@ -77,10 +82,45 @@ def test_unknown_group_option_lists_the_available_ones():
     assert "mnist_dense" in str(err.value) and "imdb_dropout" in str(err.value)
 
 
-def test_explicit_model_dataset_mismatch_is_refused():
+def test_explicit_model_dataset_mismatch_is_refused_naming_the_compatible_options():
     cfg = compose(["model=imdb_dense", "dataset=mnist"])
-    with pytest.raises(config.ConfigError, match="built for dataset=imdb"):
+    with pytest.raises(config.ConfigError, match="model=imdb_dense takes sequences, but dataset=mnist gives images") as err:
         config.validate(cfg)
+    message = str(err.value)
+    assert "choose a dataset for imdb_dense: imdb" in message
+    assert "a model for mnist: mnist_cnn, mnist_dense" in message
+
+
+def test_a_shape_mismatch_is_refused_too():
+    cfg = compose(["dataset.shape=[32,32,3]"])
+    with pytest.raises(config.ConfigError, match=r"takes images of shape \[28, 28\], but dataset=mnist gives images of shape \[32, 32, 3\]"):
+        config.validate(cfg)
+
+
+def test_a_yaml_whose_name_differs_from_its_option_is_refused():
+    cfg = compose(["model.name=mnist_dense"])
+    config.validate(cfg, {"model": "mnist_dense"})
+    with pytest.raises(config.ConfigError, match="conf/model/mlp.yaml says model.name='mnist_dense'"):
+        config.validate(cfg, {"model": "mlp"})
+
+
+def test_backend_is_checked_at_composition():
+    assert compose(["backend=jax"]).backend.value == "jax"
+    with pytest.raises(ConfigCompositionException) as err:
+        compose(["backend=theano"])
+    assert "tensorflow" in str(err.value.__cause__) and "jax" in str(err.value.__cause__)
+
+
+def test_experiment_defaults_to_the_dataset_name():
+    assert config.experiment_name(compose([])) == "mnist"
+    assert config.experiment_name(compose(["model=imdb_dropout"])) == "imdb"
+    assert config.experiment_name(compose(["tracking.experiment_name=mine"])) == "mine"
+
+
+def test_metric_direction():
+    assert config.best([0.3, 0.1, 0.2], "val_loss") == 0.1
+    assert config.best([0.3, 0.1, 0.2], "val_accuracy") == 0.3
+    assert config.lower_is_better("loss") and not config.lower_is_better("accuracy")
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,8 @@ def _keras_imdb_reference(x, num_words):
 def test_imdb_rows_match_keras_conventions(data_dir):
     raw = data.read_npz(data_dir / "imdb.npz")
     expected = _keras_imdb_reference(raw, num_words=1000)
-    got = data.imdb_sequences(data_dir / "imdb.npz", num_words=1000)
+    cfg = compose(["model=imdb_dense", "dataset.num_words=1000"]).dataset
+    got = data.word_index_rows(raw, cfg)
     for split in ("train", "test"):
         row_splits, words, labels = got[split]
         reviews, ref_labels = expected[split]
@@ -35,43 +36,50 @@ def test_imdb_rows_match_keras_conventions(data_dir):
         np.testing.assert_array_equal(labels, ref_labels)
 
 
-def _dense(batch):
-    import tensorflow as tf
-
-    x, y = batch
-    return (tf.sparse.to_dense(x) if isinstance(x, tf.SparseTensor) else x).numpy(), y.numpy()
-
-
-def test_imdb_pipeline_yields_multi_hot_batches_with_the_first_reviews_as_validation(data_dir):
-    cfg = compose(["model=imdb_dense", "dataset.validation_size=100"]).dataset
-    d = data.load(cfg, batch_size=32, seed=0, directory=data_dir)
-    assert d.sparse and d.input_shape == (10000,) and d.num_classes == 1
+def test_imdb_splits_are_multi_hot_rows_with_the_first_reviews_as_validation(data_dir):
+    cfg = compose(["model=imdb_dense", "dataset.validation_size=100", "dataset.sha256=null"]).dataset
+    d = data.load(cfg, data_dir)
+    assert d.spec.shape == (10000,) and d.spec.binary and d.spec.loss == "binary_crossentropy"
     assert d.sizes == {"train": IMDB_SIZES["train"] - 100, "val": 100, "test": IMDB_SIZES["test"]}
 
-    row_splits, words, labels = data.imdb_sequences(data_dir / "imdb.npz", 10000)["train"]
-    val = np.concatenate([_dense(b)[0] for b in d.val])
+    row_splits, words, labels = data.word_index_rows(data.read_npz(data_dir / "imdb.npz"), cfg)["train"]
+    val = d.val.dense_rows(100)
     assert val.shape == (100, 10000) and val.dtype == np.float32 and set(np.unique(val)) == {0.0, 1.0}
     for i in (0, 57, 99):  # validation row i is training review i, multi-hot
         assert set(np.flatnonzero(val[i])) == set(words[row_splits[i] : row_splits[i + 1]])
-    train_labels = np.concatenate([_dense(b)[1] for b in d.train])
-    assert sorted(train_labels) == sorted(labels[100:])
+    assert sorted(d.train.y) == sorted(labels[100:])
 
 
-def test_mnist_pipeline_scales_pixels_and_reshuffles_each_epoch(data_dir):
-    cfg = compose(["dataset.validation_size=100"]).dataset
-    d = data.load(cfg, batch_size=50, seed=0, directory=data_dir)
+def test_multi_hot_batches_cover_every_review_once_and_reshuffle_each_epoch(data_dir):
+    from src import batches
+
+    cfg = compose(["model=imdb_dense", "dataset.validation_size=100", "dataset.sha256=null"]).dataset
+    d = data.load(cfg, data_dir)
+    feed = batches.MultiHotBatches(d.train, batch_size=64, shuffle=True, seed=0)
+    epochs = []
+    for _ in range(2):
+        rows = [feed[i] for i in range(len(feed))]
+        epochs.append(np.concatenate([x for x, _ in rows]))
+        feed.on_epoch_end()
+    assert all(len(e) == len(d.train) for e in epochs)
+    assert not np.array_equal(epochs[0], epochs[1])  # another order
+    key = lambda m: sorted(map(bytes, np.packbits(m.astype(bool), axis=1)))  # noqa: E731
+    assert key(epochs[0]) == key(epochs[1]) == key(d.train.x.toarray())  # the same reviews, each once
+
+
+def test_mnist_stays_uint8_and_the_model_scales_it(data_dir):
+    cfg = compose(["dataset.validation_size=100", "dataset.sha256=null"]).dataset
+    d = data.load(cfg, data_dir)
     assert d.sizes == {"train": MNIST_SIZES["train"] - 100, "val": 100, "test": MNIST_SIZES["test"]}
-    x, y = _dense(next(iter(d.val)))
     raw = data.read_npz(data_dir / "mnist.npz")
-    np.testing.assert_allclose(x, raw["x_train"][:50] / 255.0, rtol=1e-6)
-    first = [b[1].numpy().tolist() for b in d.train]
-    second = [b[1].numpy().tolist() for b in d.train]
-    assert first != second and sorted(sum(first, [])) == sorted(sum(second, []))
+    assert d.train.x.dtype == np.uint8
+    np.testing.assert_array_equal(d.val.x, raw["x_train"][:100])
+    assert d.spec.shape == (28, 28) and d.spec.scale == 255.0 and d.spec.num_classes == 10
 
 
 def test_missing_file_names_the_directory_and_both_fixes(tmp_path):
     with pytest.raises(data.DataError) as err:
-        data.locate("mnist", tmp_path, download=False)
+        data.locate(compose(["dataset.download=false"]).dataset, tmp_path)
     message = str(err.value)
     assert str(tmp_path) in message and "python -m src.data download" in message and "LE5_DATA_DIR" in message
 
@@ -80,7 +88,7 @@ def test_truncated_file_is_named_with_the_redownload_command(data_dir, tmp_path)
     broken = tmp_path / "mnist.npz"
     broken.write_bytes((data_dir / "mnist.npz").read_bytes()[:5000])
     with pytest.raises(data.DataError, match="corrupt or truncated") as err:
-        data.mnist_arrays(broken)
+        data.read_npz(broken)
     assert str(broken) in str(err.value) and "python -m src.data download --dataset mnist" in str(err.value)
 
 
@@ -108,4 +116,33 @@ def test_data_dir_precedence(monkeypatch, tmp_path):
 def test_check_command_reports_missing_and_mismatching_files(data_dir, capsys):
     assert data._cli(["check", "--data-dir", str(data_dir)]) == 1
     out = capsys.readouterr().out
-    assert "differs from Keras's file" in out  # synthetic files are not Keras's
+    assert "differs from the known file" in out  # synthetic files are not Keras's
+
+
+def test_npz_missing_arrays_names_them_and_the_file(tmp_path):
+    np.savez(tmp_path / "mnist.npz", x_train=np.zeros((2, 28, 28), np.uint8), y_train=np.zeros(2))
+    with pytest.raises(data.DataError) as err:
+        data.read_npz(tmp_path / "mnist.npz")
+    message = str(err.value)
+    assert "lacks the arrays x_test, y_test" in message and str(tmp_path / "mnist.npz") in message
+    assert "corrupt" not in message
+
+
+def test_a_different_file_under_a_known_name_is_refused(data_dir):
+    cfg = compose(["dataset.validation_size=100"]).dataset  # the real MNIST sha256
+    with pytest.raises(data.DataError, match="is not the mnist file this dataset expects") as err:
+        data.load(cfg, data_dir)
+    assert "dataset.sha256=null" in str(err.value)
+
+
+def test_digest_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = tmp_path / "f.npz"
+    path.write_bytes(b"one")
+    first = data.digest(path)
+    assert first == data.sha256(path)
+    calls = []
+    monkeypatch.setattr(data, "sha256", lambda p: calls.append(p) or "recomputed")
+    assert data.digest(path) == first and not calls  # cached
+    path.write_bytes(b"other content")
+    assert data.digest(path) == "recomputed" and calls == [path]  # size/mtime changed

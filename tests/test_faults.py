@@ -26,9 +26,10 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, base_overrides, compose, write_mnist
+from conftest import ROOT, base_overrides, compose, write_mnist, train_composed
 from mlflow_server import MlflowServer, free_port
-from src import data, outbox, preflight, tracking, train
+from src import data, outbox, preflight, train
+from src.runs import wait_for_metrics
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -137,8 +138,8 @@ def test_04_unknown_group_option_lists_the_available_ones(args, experiment, capf
 def test_05_model_dataset_mismatch_is_refused(args, experiment, capfd):
     code, output = main([*args, "model=imdb_dense", "dataset=mnist"], capfd)
     assert_refused_before_training(
-        code, output, experiment, "model=imdb_dense is built for dataset=imdb, not dataset=mnist",
-        "drop the dataset override",
+        code, output, experiment, "model=imdb_dense takes sequences, but dataset=mnist gives images",
+        "drop the dataset= override", "choose a dataset for imdb_dense: imdb", "a model for mnist: mnist_cnn, mnist_dense",
     )
 
 
@@ -152,17 +153,19 @@ def test_06_missing_data_names_the_folder_and_the_download_command(args, experim
     code, output = main([*args, f"data_dir={empty}"], capfd)
     assert_refused_before_training(
         code, output, experiment, f"mnist.npz is not in the data directory {empty}", "dataset.download=false",
-        f"python -m src.data download --data-dir {empty}", "export LE5_DATA_DIR=",
+        f"python -m src.data download --dataset mnist --data-dir {empty}", "export LE5_DATA_DIR=",
     )
 
 
 def test_06_failed_download_says_why_and_what_to_do(tmp_path, monkeypatch):
     # an offline node: the download is tried, and fails at once (nothing listens on this port)
-    monkeypatch.setattr(data, "KERAS_ORIGIN", f"http://127.0.0.1:{free_port()}/")
+    cfg = compose([f"dataset.url=http://127.0.0.1:{free_port()}/mnist.npz"]).dataset
     with pytest.raises(data.DataError) as err:
-        data.locate("mnist", tmp_path, download=True)
+        data.locate(cfg, tmp_path)
     message = str(err.value)
-    assert "the download failed" in message and f"python -m src.data download --data-dir {tmp_path}" in message
+    assert "the download failed" in message
+    assert f"python -m src.data download --dataset mnist --data-dir {tmp_path}" in message
+    assert not list(tmp_path.iterdir())  # no partial file left under the real name
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not a zip"])
@@ -192,7 +195,7 @@ def test_08_nan_loss_stops_at_once_and_fails_the_run(args, experiment, capfd):
     reason = run.data.tags["failure_reason"]
     epoch = int(reason.split("loss became NaN at epoch ")[1].split(":")[0])
     assert epoch < 20  # stopped at once, not after 20 epochs
-    assert reason.startswith("FloatingPointError: loss became NaN at epoch")
+    assert reason.startswith("Diverged: loss became NaN at epoch")
     assert "lower optimizer.learning_rate" in reason and "lower optimizer.learning_rate" in output
     assert history(run.info.run_id, "loss") == list(range(1, epoch + 1))  # every epoch so far, the NaN one too
 
@@ -288,7 +291,7 @@ class KillServerAfter(__import__("keras").callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch == self.epoch:
-            tracking.wait_for_metrics()  # MLflowMetrics sends in the background: let this epoch arrive first
+            wait_for_metrics()  # MLflowMetrics sends in the background: let this epoch arrive first
             self.server.kill()
 
 
@@ -297,7 +300,7 @@ def test_11_server_lost_mid_run_training_finishes_and_nothing_is_dropped(
 ):
     server = MlflowServer(tmp_path / "server").start()
     for var in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
-        monkeypatch.delenv(var, raising=False)  # the project's short defaults (tracking.HTTP_DEFAULTS) apply
+        monkeypatch.delenv(var, raising=False)  # the project's short defaults (src.store.HTTP_DEFAULTS) apply
     real = train._callbacks
     monkeypatch.setattr(train, "_callbacks", lambda *a: [*real(*a), KillServerAfter(server, epoch=0)])
     output_dir = tmp_path / "run"
@@ -305,7 +308,7 @@ def test_11_server_lost_mid_run_training_finishes_and_nothing_is_dropped(
         overrides = [a for a in base_overrides(data_dir, "x", experiment) if not a.startswith("tracking.tracking_uri")]
         cfg = compose([*overrides, f"tracking.tracking_uri={server.uri}", "trainer.epochs=3"], output_dir=output_dir)
         started = time.monotonic()
-        objective = train.train(cfg)  # returns: training finished although the server died after epoch 1
+        objective = train_composed(cfg)  # returns: training finished although the server died after epoch 1
         print(f"training with the server lost after epoch 1 took {time.monotonic() - started:.1f} s")
         assert np.isfinite(objective)
 
@@ -344,7 +347,7 @@ class RestartServerAfter(__import__("keras").callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch == self.epoch:
-            tracking.wait_for_metrics()  # this epoch is kept in the outbox before the server is back
+            wait_for_metrics()  # this epoch is kept in the outbox before the server is back
             self.server.start()
 
 
@@ -360,7 +363,7 @@ def test_11_server_back_mid_run_gets_the_backlog_by_itself(data_dir, experiment,
     try:
         overrides = [a for a in base_overrides(data_dir, "x", experiment) if not a.startswith("tracking.tracking_uri")]
         cfg = compose([*overrides, f"tracking.tracking_uri={server.uri}", "trainer.epochs=3"], output_dir=output_dir)
-        train.train(cfg)
+        train_composed(cfg)
         assert not (output_dir / outbox.FILENAME).exists()
         client = MlflowClient(server.uri)
         [run] = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
@@ -443,13 +446,15 @@ def test_12_nearly_full_folder_is_refused(tmp_path, monkeypatch):
 
 
 def test_13_gpu_required_but_absent(args, experiment, capfd):
-    import tensorflow as tf
+    from conftest import BACKEND
+    from src import hardware
+    from src.config import Backend
 
-    if tf.config.list_physical_devices("GPU"):
+    if hardware.gpus(Backend(BACKEND)):
         pytest.skip("a GPU is visible")
     code, output = main([*args, "hardware=gpu"], capfd)
     assert_refused_before_training(
-        code, output, experiment, "hardware=gpu, but TensorFlow sees no GPU", "Refusing to train on the CPU instead",
+        code, output, experiment, f"hardware=gpu, but {BACKEND} sees no GPU", "Refusing to train on the CPU instead",
         "sbatch --gres=gpu:1", "choose hardware=auto or hardware=cpu",
     )
 

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from src import tracking
+from src import store as stores
 
 
 def free_port() -> int:
@@ -33,9 +33,9 @@ def get(url: str, payload: dict | None = None) -> tuple[int, bytes]:
 
 @pytest.fixture
 def ui(store, tmp_path):
-    """`mlflow ui` exactly as the docs start it (tracking.ui_command), on a free port; stopped afterwards."""
+    """`mlflow ui` exactly as the docs start it (store.ui_command), on a free port; stopped afterwards."""
     port = free_port()
-    command = tracking.ui_command(store).replace("--port 5000", f"--port {port}").split()
+    command = stores.ui_command(store).replace("--port 5000", f"--port {port}").split()
     assert command[:2] == ["mlflow", "ui"] and "127.0.0.1" in command
     log = open(tmp_path / "ui.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "mlflow", *command[1:]], stdout=log, stderr=subprocess.STDOUT)

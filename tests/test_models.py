@@ -1,41 +1,56 @@
-"""Model builders: output shapes, the lab's layer sizes, learning on one batch, mixed precision."""
+"""Model builders: output shapes, the lab's layer sizes, learning on one batch, refusals."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from conftest import compose
 from src import models
+from src.config import Kind
+from src.data import InputSpec
 
-SHAPES = {"mnist": ((28, 28), 10), "imdb": ((10000,), 1)}
+SPECS = {"mnist": InputSpec(Kind.images, (28, 28), 10, 255.0), "imdb": InputSpec(Kind.sequences, (10000,), 2)}
+
+
+def _sample(spec: InputSpec, n: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    if spec.kind == Kind.images:
+        return rng.integers(0, 256, (n, *spec.shape)).astype("uint8")
+    return (rng.random((n, *spec.shape)) > 0.99).astype("float32")  # multi-hot rows
 
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))
 def test_every_model_builds_with_the_expected_output(name):
     cfg = compose([f"model={name}"])
-    input_shape, classes = SHAPES[cfg.dataset.name]
-    model = models.build_model(cfg.model, input_shape, classes)
+    spec = SPECS[cfg.dataset.name]
+    model = models.build_model(cfg.model, spec)
     assert isinstance(model, keras.Model)
-    assert model.output_shape == (None, classes)
+    assert model.output_shape == (None, 1 if spec.binary else spec.num_classes)
 
 
 def test_lab_layer_sizes():
-    mnist = models.build_model(compose([]).model, (28, 28), 10)
+    mnist = models.build_model(compose([]).model, SPECS["mnist"])
     assert [layer.units for layer in mnist.layers if isinstance(layer, keras.layers.Dense)] == [512, 10]
-    dropout = models.build_model(compose(["model=imdb_dropout"]).model, (10000,), 1)
+    dropout = models.build_model(compose(["model=imdb_dropout"]).model, SPECS["imdb"])
     kinds = [type(layer).__name__ for layer in dropout.layers[1:]]
     assert kinds == ["Dense", "Dropout", "Dense", "Dropout", "Dense"]
     assert [layer.rate for layer in dropout.layers if isinstance(layer, keras.layers.Dropout)] == [0.5, 0.5]
 
 
-def test_unknown_model_lists_choices():
-    cfg = compose([]).model
-    cfg.name = "resnet"
-    with pytest.raises(ValueError, match="unknown model 'resnet'; choose from"):
-        models.build_model(cfg, (28, 28), 10)
+def test_images_are_scaled_inside_the_model():
+    model = models.build_model(compose([]).model, SPECS["mnist"])
+    assert model.inputs[0].dtype == "uint8"
+    rescale = next(layer for layer in model.layers if isinstance(layer, keras.layers.Rescaling))
+    assert rescale.scale == pytest.approx(1 / 255)
+
+
+def test_unknown_builder_is_refused_with_the_choices():
+    cfg = compose([])
+    cfg.model.name = "resnet"
+    with pytest.raises(models.ConfigError, match="model.name='resnet' has no builder; choose from"):
+        models.check(cfg.model, cfg.optimizer)
 
 
 @pytest.mark.parametrize("optimizer", sorted(models.OPTIMIZERS))
@@ -48,15 +63,12 @@ def test_optimizers_take_the_configured_learning_rate(optimizer):
 def test_overfits_one_batch(name):
     """A correctly wired model drives the loss on one fixed batch far below its start."""
     cfg = compose([f"model={name}", "optimizer=adam", "optimizer.learning_rate=0.01"])
-    input_shape, classes = SHAPES[cfg.dataset.name]
+    spec = SPECS[cfg.dataset.name]
     keras.utils.set_random_seed(0)
-    x = np.random.default_rng(0).random((32, *input_shape)).astype("float32")
-    y = np.arange(32) % max(classes, 2)
-    model = models.build_model(cfg.model, input_shape, classes)
-    if cfg.dataset.name == "imdb":
-        x = tf.sparse.from_dense((x > 0.99).astype("float32"))  # the sparse multi-hot input it is built for
-    loss = "binary_crossentropy" if classes == 1 else "sparse_categorical_crossentropy"
-    model.compile(optimizer=models.build_optimizer(cfg.optimizer), loss=loss)
+    x = _sample(spec, 32)
+    y = (np.arange(32) % spec.num_classes).astype("float32" if spec.binary else "int32")
+    model = models.build_model(cfg.model, spec)
+    model.compile(optimizer=models.build_optimizer(cfg.optimizer), loss=spec.loss)
     start = model.evaluate(x, y, verbose=0)
     model.fit(x, y, epochs=60, batch_size=32, verbose=0)
     end = model.evaluate(x, y, verbose=0)

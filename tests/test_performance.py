@@ -1,7 +1,7 @@
 """The performance work's logic: the lean IMDB representation gives the lab's multi-hot vectors,
-mixed precision trains on sparse IMDB input, the GPU tuning options keep one metric point per
-epoch, and queued MLflow metrics are all in the store when fit returns. No timing here: speed and
-memory are measured by benchmarks/ (see docs/readme-performance.md).
+mixed precision trains the IMDB net, the GPU tuning options keep one metric point per epoch, and
+queued MLflow metrics are all in the store when fit returns. No timing here: speed and memory are
+measured by benchmarks/ (README, "Performance").
 """
 
 from __future__ import annotations
@@ -33,16 +33,18 @@ def keras_imdb_reviews(raw, num_words):
     return out
 
 
-def project_matrix(pipeline) -> tuple[np.ndarray, np.ndarray]:
-    import tensorflow as tf
+def project_matrix(split, batch_size=64, shuffle=False, stop=None) -> tuple[np.ndarray, np.ndarray]:
+    """What the model is fed, batch by batch (MultiHotBatches), stacked."""
+    from src import batches
 
-    xs, ys = zip(*((tf.sparse.to_dense(x).numpy(), y.numpy()) for x, y in pipeline))
+    feed = batches.MultiHotBatches(split, batch_size, shuffle=shuffle, seed=0)
+    xs, ys = zip(*(feed[i] for i in range(stop or len(feed))))
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def test_sparse_batches_equal_the_labs_float64_multi_hot(data_dir):
-    cfg = compose(["model=imdb_dense", "dataset.validation_size=100"]).dataset
-    d = data.load(cfg, batch_size=64, seed=0, directory=data_dir)
+def test_multi_hot_batches_equal_the_labs_float64_multi_hot(data_dir):
+    cfg = compose(["model=imdb_dense", "dataset.validation_size=100", "dataset.sha256=null"]).dataset
+    d = data.load(cfg, data_dir)
     reviews = keras_imdb_reviews(data.read_npz(data_dir / "imdb.npz"), 10000)
     x_train, y_train = lab_vectorize_sequences(reviews["train"][0]), reviews["train"][1].astype("float32")
     x_test, y_test = lab_vectorize_sequences(reviews["test"][0]), reviews["test"][1].astype("float32")
@@ -52,7 +54,7 @@ def test_sparse_batches_equal_the_labs_float64_multi_hot(data_dir):
         np.testing.assert_array_equal(got_x, x)
         np.testing.assert_array_equal(got_y, y)
     # training batches are reshuffled: the same rows as a multiset (with their labels)
-    got_x, got_y = project_matrix(d.train)
+    got_x, got_y = project_matrix(d.train, shuffle=True)
     expected = np.hstack([x_train[100:], y_train[100:, None]])
     got = np.hstack([got_x, got_y[:, None]])
     np.testing.assert_array_equal(got[np.lexsort(got.T)], expected[np.lexsort(expected.T)])
@@ -80,14 +82,14 @@ def test_real_imdb_matches_keras_load_data_with_the_labs_vectorizer(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     train_data, train_labels, test_data, test_labels = json.loads(out.stdout.splitlines()[-1])
 
-    d = data.load(compose(["model=imdb_dense"]).dataset, batch_size=512, seed=0, directory=REAL_DATA)
-    for pipeline, reviews, labels in [(d.val, train_data, train_labels), (d.test, test_data, test_labels)]:
-        got_x, got_y = project_matrix(pipeline.take(n // 512))
+    d = data.load(compose(["model=imdb_dense"]).dataset, REAL_DATA)
+    for split, reviews, labels in [(d.val, train_data, train_labels), (d.test, test_data, test_labels)]:
+        got_x, got_y = project_matrix(split, batch_size=512, stop=n // 512)
         np.testing.assert_array_equal(got_x, lab_vectorize_sequences(reviews))
         np.testing.assert_array_equal(got_y, np.asarray(labels).astype("float32"))
 
 
-def test_mixed_precision_trains_the_sparse_imdb_net_on_cpu(train_run):
+def test_mixed_precision_trains_the_imdb_net_on_cpu(train_run):
     import keras
 
     try:
@@ -101,15 +103,14 @@ def test_mixed_precision_trains_the_sparse_imdb_net_on_cpu(train_run):
 def test_gpu_tuning_options_keep_one_metric_point_per_epoch(train_run):
     from mlflow.tracking import MlflowClient
 
-    _, run = train_run("trainer.epochs=3", "hardware.steps_per_execution=4", "hardware.num_parallel_calls=1",
-                       "hardware.prefetch_buffer_size=1")
+    _, run = train_run("trainer.epochs=3", "hardware.steps_per_execution=4", "hardware.jit_compile=false")
     history = MlflowClient().get_metric_history(run.info.run_id, "val_loss")
     assert [m.step for m in history] == [1, 2, 3]
     assert run.data.params["hardware.steps_per_execution"] == "4"
 
 
-@pytest.mark.parametrize("override", ["hardware.steps_per_execution=0", "hardware.num_parallel_calls=0",
-                                      "hardware.prefetch_buffer_size=-1"])
+@pytest.mark.parametrize("override", ["hardware.steps_per_execution=0", "hardware.device_data_budget=0",
+                                      "hardware.device_data_budget=1.5"])
 def test_tuning_values_out_of_range_are_refused_by_name(override):
     with pytest.raises(config.ConfigError, match=override.split("=")[0].replace(".", r"\.")):
         config.validate(compose([override]))
@@ -121,7 +122,7 @@ def test_queued_epoch_metrics_are_in_the_store_when_fit_returns(store, experimen
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from src import tracking
+    from src import callbacks
 
     mlflow.set_tracking_uri(store)
     experiment_id = mlflow.create_experiment(experiment)
@@ -129,7 +130,7 @@ def test_queued_epoch_metrics_are_in_the_store_when_fit_returns(store, experimen
     model.compile(optimizer="sgd", loss="mse")
     x = np.random.default_rng(0).random((32, 4)).astype("float32")
     with mlflow.start_run(experiment_id=experiment_id) as run:
-        model.fit(x, x[:, :1], epochs=5, verbose=0, callbacks=[tracking.MLflowMetrics(run.info.run_id)])
+        model.fit(x, x[:, :1], epochs=5, verbose=0, callbacks=[callbacks.MLflowMetrics(run.info.run_id)])
         history = MlflowClient().get_metric_history(run.info.run_id, "loss")  # before the run ends
         assert [m.step for m in history] == [1, 2, 3, 4, 5]
 
@@ -139,8 +140,8 @@ def test_synthetic_benchmark_files_load_like_the_real_ones(tmp_path):
 
     synthetic.write_mnist(tmp_path / "mnist.npz", scale=0.01)
     synthetic.write_imdb(tmp_path / "imdb.npz", scale=0.01)
-    mnist = data.mnist_arrays(tmp_path / "mnist.npz")
+    mnist = data.read_npz(tmp_path / "mnist.npz")
     assert mnist["x_train"].shape == (600, 28, 28) and mnist["x_test"].dtype == np.uint8
-    imdb = data.imdb_sequences(tmp_path / "imdb.npz", 10000)
+    imdb = data.word_index_rows(data.read_npz(tmp_path / "imdb.npz"), compose(["model=imdb_dense"]).dataset)
     row_splits, words, labels = imdb["train"]
     assert len(labels) == 250 and words.max() < 10000 and (np.diff(row_splits) > 5).all()

@@ -11,7 +11,7 @@ import pytest
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from conftest import ROOT, base_overrides, compose
+from conftest import ROOT, base_overrides, compose, train_composed
 from src import config, train
 
 PRESETS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
@@ -53,7 +53,7 @@ def test_preset_trains_one_epoch(name, data_dir, store, tmp_path):
     config.validate(cfg)
     assert cfg.tracking.experiment_name == experiment  # the command line wins over the preset
 
-    train.train(cfg)
+    train_composed(cfg)
 
     run = mlflow.search_runs(experiment_names=[experiment], output_format="list")[0]
     assert run.info.status == "FINISHED"
@@ -80,7 +80,7 @@ def test_early_stopping_preset_restores_the_best_epoch(data_dir, store, tmp_path
 
     monkeypatch.setattr(keras.callbacks, "EarlyStopping", Recorded)
     overrides = ["+experiment=imdb_early_stopping", *base_overrides(data_dir, store, "test-preset-early-stopping")]
-    train.train(compose(overrides, output_dir=tmp_path))
+    train_composed(compose(overrides, output_dir=tmp_path))
     assert len(made) == 1
     assert (made[0].monitor, made[0].patience, made[0].restore_best_weights) == ("val_loss", 2, True)
 

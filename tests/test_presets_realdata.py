@@ -8,7 +8,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from conftest import REAL_DATA, compose
+from conftest import REAL_DATA, compose, train_composed
 from src import train
 
 TARGETS = {  # preset: minimum test accuracy (the targets; docs/results.md has the measured values)
@@ -29,6 +29,6 @@ def test_preset_reaches_its_target_on_the_real_data(preset, store, tmp_path):
          f"tracking.experiment_name={experiment}", "tracking.log_model=false", "trainer.verbose=0"],
         output_dir=tmp_path,
     )
-    train.train(cfg)
+    train_composed(cfg)
     run = mlflow.search_runs(experiment_names=[experiment], output_format="list")[0]
     assert run.data.metrics["test_accuracy"] >= TARGETS[preset]

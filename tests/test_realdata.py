@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import REAL_DATA, compose
+from conftest import REAL_DATA, compose, train_composed
 
 pytestmark = [
     pytest.mark.realdata,
@@ -34,7 +34,7 @@ def _train(store, experiment, tmp_path, *overrides):
         ],
         output_dir=tmp_path,
     )
-    train.train(cfg)
+    train_composed(cfg)
     return mlflow.search_runs(experiment_names=[experiment], output_format="list", order_by=["start_time DESC"])[0]
 
 

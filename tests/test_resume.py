@@ -2,7 +2,7 @@
 finished epoch into the same MLflow run, with every epoch exactly once.
 
 The interruption is a KeyboardInterrupt raised from inside a real callback at the chosen instant,
-which is what Ctrl-C (or SIGTERM, turned into tracking.Terminated) does in the middle of `fit`.
+which is what Ctrl-C (or SIGTERM, turned into runs.Terminated) does in the middle of `fit`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from src import resume, tracking, train
+from src import callbacks, resume, train
 
 KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s")
 
@@ -26,7 +26,7 @@ def steps(run_id: str) -> dict[str, list[int]]:
 @pytest.fixture
 def trainer(data_dir, store, experiment, tmp_path):
     """train.train with a fixed backup folder, like a requeued SLURM job finds its own again."""
-    from conftest import base_overrides, compose
+    from conftest import base_overrides, compose, train_composed
 
     backup = tmp_path / "backup"
 
@@ -35,7 +35,7 @@ def trainer(data_dir, store, experiment, tmp_path):
             [*base_overrides(data_dir, store, experiment), "trainer.epochs=3", f"trainer.backup_dir={backup}", *overrides],
             output_dir=tmp_path,
         )
-        return train.train(cfg)
+        return train_composed(cfg)
 
     run.backup = backup
     return run
@@ -60,7 +60,7 @@ def runs(experiment):
 
 
 def test_interrupted_run_resumes_into_the_same_run(trainer, experiment, monkeypatch):
-    interrupt_at(monkeypatch, tracking.MLflowMetrics, epoch=2, before=False)
+    interrupt_at(monkeypatch, callbacks.MLflowMetrics, epoch=2, before=False)
     with pytest.raises(KeyboardInterrupt):
         trainer()
     (killed,) = runs(experiment)
@@ -81,7 +81,7 @@ def test_interrupted_run_resumes_into_the_same_run(trainer, experiment, monkeypa
 
 def test_epoch_committed_but_not_logged_is_sent_on_resume(trainer, experiment, monkeypatch):
     # Killed after the backup committed epoch 2, before MLflow heard of it.
-    interrupt_at(monkeypatch, tracking.MLflowMetrics, epoch=2, before=True)
+    interrupt_at(monkeypatch, callbacks.MLflowMetrics, epoch=2, before=True)
     with pytest.raises(KeyboardInterrupt):
         trainer()
     (killed,) = runs(experiment)
@@ -106,7 +106,7 @@ def test_epoch_logged_but_not_committed_is_not_logged_twice(trainer, experiment,
             original(self, epoch, logs)
 
     monkeypatch.setattr(resume.Backup, "on_epoch_end", lose_epoch_2)
-    interrupt_at(monkeypatch, tracking.MLflowMetrics, epoch=2, before=False)
+    interrupt_at(monkeypatch, callbacks.MLflowMetrics, epoch=2, before=False)
     with pytest.raises(KeyboardInterrupt):
         trainer()
     (killed,) = runs(experiment)
@@ -121,7 +121,7 @@ def test_epoch_logged_but_not_committed_is_not_logged_twice(trainer, experiment,
 
 
 def test_backup_of_another_configuration_is_not_resumed(trainer, experiment, monkeypatch):
-    interrupt_at(monkeypatch, tracking.MLflowMetrics, epoch=1, before=False)
+    interrupt_at(monkeypatch, callbacks.MLflowMetrics, epoch=1, before=False)
     with pytest.raises(KeyboardInterrupt):
         trainer()
     monkeypatch.undo()
@@ -132,17 +132,36 @@ def test_backup_of_another_configuration_is_not_resumed(trainer, experiment, mon
 
 
 def test_only_slurm_jobs_and_named_folders_are_resumed(monkeypatch, tmp_path):
+    from conftest import compose
+
     for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_CLUSTER_NAME"):
         monkeypatch.delenv(var, raising=False)
-    params = {"a": "1"}
-    resume.Backup(tmp_path / "backup", resume.fingerprint(params)).record_run("run-1")
+    cfg = compose([])
+    mark = resume.fingerprint(cfg, "tensorflow", "sha")
+    resume.Backup(tmp_path / "backup", mark).record_run("run-1")
     # The same folder and configuration, but nobody asked to resume (e.g. two runs given one hydra.run.dir).
-    assert resume.for_run(None, tmp_path, None, params).run_id is None
-    assert resume.for_run(str(tmp_path / "backup"), tmp_path, None, params).run_id == "run-1"  # asked for
+    assert resume.for_run(cfg, "tensorflow", "sha", tmp_path, None).run_id is None
+    named = compose([f"trainer.backup_dir={tmp_path / 'backup'}"])
+    assert resume.for_run(named, "tensorflow", "sha", tmp_path, None).run_id == "run-1"  # asked for
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     monkeypatch.setattr(resume, "CHECKPOINTS", tmp_path / "checkpoints")
-    resume.Backup(resume.backup_dir(None, tmp_path), resume.fingerprint(params)).record_run("run-2")
-    assert resume.for_run(None, tmp_path / "new-output", None, params).run_id == "run-2"  # a requeued job
+    resume.Backup(resume.backup_dir(None, tmp_path), mark).record_run("run-2")
+    assert resume.for_run(cfg, "tensorflow", "sha", tmp_path / "new-output", None).run_id == "run-2"  # a requeued job
+
+
+def test_fingerprint_covers_what_changes_the_training_only(tmp_path):
+    from conftest import compose
+
+    base = resume.fingerprint(compose([]), "tensorflow", "sha")
+    same = [f"trainer.backup_dir={tmp_path}", "tracking.tracking_uri=sqlite:///x.db", "tracking.experiment_name=e",
+            "data_dir=/elsewhere", "trainer.verbose=0", "trainer.epochs=9", "hardware=gpu", "dataset.download=false"]
+    for override in same:
+        assert resume.fingerprint(compose([override]), "tensorflow", "sha") == base, override
+    for override in ["optimizer.learning_rate=0.01", "seed=1", "trainer.batch_size=64", "model.units=[64]",
+                     "dataset.validation_size=100", "optimizer=adam"]:
+        assert resume.fingerprint(compose([override]), "tensorflow", "sha") != base, override
+    assert resume.fingerprint(compose([]), "jax", "sha") != base
+    assert resume.fingerprint(compose([]), "tensorflow", "other data") != base
 
 
 def test_backup_folder_survives_a_requeue(monkeypatch, tmp_path):

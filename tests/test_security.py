@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from src import data, tracking
+from src import data, redaction, store
 from test_faults import args, experiment, main, runs  # noqa: F401  (args, experiment: fixtures)
 
 SECRETS = {
@@ -58,14 +58,14 @@ def test_no_secret_reaches_mlflow_and_the_model_loads_in_safe_mode(args, experim
 
 
 def test_redact_covers_overrides_and_url_passwords():
-    assert tracking.redact("model=x,+db.password=p1,hydra.job.env_set.MY_KEY='a b'") == (
+    assert redaction.redact("model=x,+db.password=p1,hydra.job.env_set.MY_KEY='a b'") == (
         "model=x,+db.password=***,hydra.job.env_set.MY_KEY=***"
     )
-    assert tracking.redact("https://alice:s3cret@mlflow.example.org/") == "https://alice:***@mlflow.example.org/"
+    assert redaction.redact("https://alice:s3cret@mlflow.example.org/") == "https://alice:***@mlflow.example.org/"
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.create({"tracking": {"tracking_uri": "http://bob:pw@h:5000", "api_key": "k"}})
-    assert tracking.params(cfg) == {
+    assert redaction.params(cfg) == {
         "tracking.tracking_uri": "http://bob:***@h:5000"
     }
 
@@ -125,4 +125,4 @@ def test_every_mlflow_server_or_ui_command_binds_localhost():
         assert "0.0.0.0" not in line, where
         if "--host" in line:
             assert re.search(r"--host[ =]\S*127\.0\.0\.1", line), f"{where}: {line}"
-    assert "--host 127.0.0.1" in tracking.ui_command("sqlite:///x.db")
+    assert "--host 127.0.0.1" in store.ui_command("sqlite:///x.db")

@@ -8,7 +8,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from src import tracking
+from src import redaction, runs
+from src import store as stores
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -34,7 +35,7 @@ def test_params_tags_and_artifacts(train_run, store, tmp_path):
     assert params["optimizer.learning_rate"] == "0.001" and params["trainer.epochs"] == "1"
     assert params["model.units"] == "[512]" and params["hardware.accelerator"] == "cpu"
     assert (tags["model"], tags["dataset"], tags["optimizer"], tags["hardware"]) == ("mnist_dense", "mnist", "adam", "cpu")
-    for key in ("mlflow.source.git.commit", "git.dirty", "tensorflow", "keras", "host", "device", "overrides"):
+    for key in ("mlflow.source.git.commit", "git.dirty", "backend", "backend.version", "keras", "host", "device", "overrides"):
         assert tags.get(key), key
     assert tags["device"].startswith("CPU")
     assert "optimizer=adam" in tags["overrides"]
@@ -75,9 +76,9 @@ def test_run_that_raises_ends_failed_with_the_reason_and_its_metrics(train_run, 
 
 
 def test_interrupt_ends_killed(store, experiment):
-    experiment_id = tracking.connect(store, experiment)
+    experiment_id = stores.connect(store, experiment)
     with pytest.raises(KeyboardInterrupt):
-        with tracking.run(experiment_id, "interrupted", {}) as run:
+        with runs.run(experiment_id, "interrupted", {}) as run:
             raise KeyboardInterrupt
     finished = MlflowClient().get_run(run.info.run_id)
     assert finished.info.status == "KILLED" and "KeyboardInterrupt" in finished.data.tags["failure_reason"]
@@ -87,5 +88,5 @@ def test_secret_looking_names_are_not_params():
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.create({"tracking": {"api_token": "abc", "experiment_name": "x"}, "db_password": "p", "seed": 1})
-    assert tracking.params(cfg) == {"tracking.experiment_name": "x", "seed": "1"}
-    assert "abc" not in tracking.config_yaml(cfg) and "db_password" not in tracking.config_yaml(cfg)
+    assert redaction.params(cfg) == {"tracking.experiment_name": "x", "seed": "1"}
+    assert "abc" not in redaction.config_yaml(cfg) and "db_password" not in redaction.config_yaml(cfg)

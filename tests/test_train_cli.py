@@ -44,6 +44,6 @@ def test_typo_fails_at_composition_naming_the_key(cli_args, experiment):
 def test_model_dataset_mismatch_is_refused_before_a_run_exists(cli_args, experiment):
     result = run_cli([*cli_args, "model=imdb_dense", "dataset=mnist"])
     assert result.returncode == 2
-    assert "model=imdb_dense is built for dataset=imdb, not dataset=mnist" in result.stderr
+    assert "model=imdb_dense takes sequences, but dataset=mnist gives images" in result.stderr
     assert "Traceback" not in result.stderr
     assert _runs(experiment) == []

@@ -1,0 +1,95 @@
+"""Keras callbacks of a run: every epoch's metrics to MLflow, once, at step = epoch number counted from 1."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future
+
+import keras
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from . import runs
+from .outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+
+class MLflowMetrics(keras.callbacks.Callback):
+    """Logs every epoch's logs (loss, accuracy, val_loss, val_accuracy) once, at step = epoch + 1.
+
+    One batched request per epoch; MLflow's own Keras callback would also re-log validation
+    metrics at step 0 when evaluation runs, which this one does not.
+
+    A resumed run passes the backup's finished epochs: those MLflow lacks (the job died between
+    committing the backup and logging) are sent at the start, and no step MLflow already has is
+    sent again, so each epoch is in the run exactly once. Through an `outbox`, an epoch the store
+    does not take is kept in a file instead of stopping training.
+
+    Each epoch's request goes to one background thread, in order, so the next epoch does not wait
+    for the store (a synchronous SQLite write costs 15-20 ms, 3-4% of a 0.5 s IMDB epoch on 2 CPU
+    cores; a lost server costs seconds of retries). on_train_end waits for the queue, so every
+    epoch is in the store (or the outbox's file), and any logging error raised, before fit returns.
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        client: MlflowClient | None = None,
+        finished_epochs: list[dict] | None = None,
+        outbox: Outbox | None = None,
+    ):
+        super().__init__()
+        self.run_id = run_id
+        self.client = client or MlflowClient()
+        self.finished_epochs = finished_epochs or []
+        self._logged: dict[str, set[int]] = {}
+        self.outbox = outbox
+        self._epoch_start = 0.0
+        self._pending: list[Future] = []
+
+    def on_train_begin(self, logs=None):
+        if not self.finished_epochs:
+            return
+        keys = set().union(*self.finished_epochs)
+        self._logged = {k: {m.step for m in self.client.get_metric_history(self.run_id, k)} for k in keys}
+        now = int(time.time() * 1000)
+        missing = [
+            Metric(k, float(v), now, step)
+            for step, values in enumerate(self.finished_epochs, start=1)
+            for k, v in values.items()
+            if step not in self._logged[k]
+        ]
+        for start in range(0, len(missing), 1000):  # log_batch takes at most 1000 metrics
+            self.client.log_batch(self.run_id, metrics=missing[start : start + 1000])
+        if missing:
+            log.info("Sent %d metric values of finished epochs that the run lacked", len(missing))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = int(time.time() * 1000)
+        values = numeric_logs(logs)
+        values["epoch_time_s"] = time.perf_counter() - self._epoch_start
+        metrics = [Metric(k, v, now, epoch + 1) for k, v in values.items() if epoch + 1 not in self._logged.get(k, ())]
+        if metrics:
+            send = self.client.log_batch if self.outbox is None else self.outbox.log_metrics
+            self._pending.append(runs.send_later(send, self.run_id, metrics))
+
+    def on_train_end(self, logs=None):
+        pending, self._pending = self._pending, []
+        for operation in pending:
+            operation.result()  # re-raises a logging error of the background thread
+
+
+def numeric_logs(logs: dict | None) -> dict[str, float]:
+    """Keras's epoch logs as plain floats, leaving out anything that is not a number."""
+    values = {}
+    for key, value in (logs or {}).items():
+        try:
+            values[key] = float(value)
+        except (TypeError, ValueError):
+            pass
+    return values

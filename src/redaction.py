@@ -1,0 +1,75 @@
+"""What must never reach MLflow: secret-looking config keys, override values and URL passwords.
+
+Params, the config artifact, Hydra's copied files, the overrides tag and the run name all pass through here.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+# Names that must never reach MLflow as params, tags or artifacts.
+SECRET_MARKERS = ("TOKEN", "PASSWORD", "SECRET", "KEY")
+
+
+def is_secret(name: str) -> bool:
+    return any(marker in name.upper() for marker in SECRET_MARKERS)
+
+
+# `name=value` pairs (Hydra overrides, override_dirname) whose name looks secret, and the
+# password of a URL's user:password@ part (a tracking URI with credentials).
+_SECRET_ASSIGNMENT = re.compile(
+    r"([\w.+~/@-]*(?:%s)[\w.-]*)=('[^']*'|\"[^\"]*\"|[^,\s]*)" % "|".join(SECRET_MARKERS), re.IGNORECASE
+)
+_URL_PASSWORD = re.compile(r"(://[^/:@\s]+):[^@/\s]+@")
+REDACTED = "***"
+
+
+def redact(text: str) -> str:
+    """`text` with secret-looking override values and URL passwords replaced by ***."""
+    text = _SECRET_ASSIGNMENT.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+    return _URL_PASSWORD.sub(rf"\1:{REDACTED}@", text)
+
+
+def scrub(node):
+    """A config/YAML container without secret-looking keys and with redacted strings."""
+    if isinstance(node, dict):
+        return {k: scrub(v) for k, v in node.items() if not is_secret(str(k))}
+    if isinstance(node, list):
+        return [scrub(v) for v in node]
+    return redact(node) if isinstance(node, str) else node
+
+
+def params(cfg) -> dict[str, str]:
+    """The resolved config flattened to dotted keys, without secret-looking names or values."""
+    flat: dict[str, str] = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(value, name + ".")
+            else:
+                flat[name] = str(value)
+
+    walk(scrub(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)), "")
+    return flat
+
+
+def config_yaml(cfg) -> str:
+    """The resolved config as YAML, with secret-looking keys removed."""
+    return OmegaConf.to_yaml(OmegaConf.create(scrub(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))))
+
+
+def hydra_files(hydra_dir: Path, into: Path) -> Path:
+    """Copies of Hydra's .hydra/*.yaml (config, hydra, overrides) with secrets scrubbed, in `into`.
+
+    overrides.yaml and hydra.yaml hold the command line verbatim, `hydra.job.env_set` included.
+    """
+    into.mkdir(parents=True, exist_ok=True)
+    for source in sorted(hydra_dir.glob("*.yaml")):
+        content = OmegaConf.to_container(OmegaConf.load(source), resolve=False)
+        (into / source.name).write_text(OmegaConf.to_yaml(OmegaConf.create(scrub(content))))
+    return into

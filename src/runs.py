@@ -1,0 +1,151 @@
+"""A run's lifecycle in MLflow: started (or reopened), and always ended FINISHED, FAILED or KILLED.
+
+SIGTERM (SLURM's time limit, preemption, scancel) becomes an exception like Ctrl-C, so the run ends
+KILLED with its reason. Epoch metrics are sent by one background thread (`send_later`), in order;
+ending a run first waits for that queue. Imports MLflow, never Keras.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import mlflow
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from . import store
+from .outbox import Outbox
+from .outbox import import_command as outbox_import_command
+from .redaction import redact
+
+log = logging.getLogger(__name__)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (SLURM's time limit, preemption, scancel) turned into an exception, like Ctrl-C."""
+
+
+# One worker, so epochs reach the store in order; shared by every run of the process.
+_SENDER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-metrics")
+
+
+def wait_for_metrics() -> None:
+    """Wait until every queued epoch is sent (or kept in the outbox): the worker runs tasks in order."""
+    with contextlib.suppress(Exception):  # a send's own error is raised to its callback, not here
+        _SENDER.submit(lambda: None).result()
+
+
+def log_final_metrics(outbox: Outbox, run_id: str, values: dict) -> None:
+    """Metrics of the whole run (test_loss, test_accuracy), at step 0, through the outbox."""
+    now = int(time.time() * 1000)
+    outbox.log_metrics(run_id, [Metric(k, float(v), now, 0) for k, v in values.items()])
+
+
+def send_later(function, *args) -> Future:
+    """Run `function(*args)` on the sender thread, after everything queued before it."""
+    return _SENDER.submit(function, *args)
+
+
+@contextlib.contextmanager
+def run(
+    experiment_id: str,
+    run_name: str,
+    tags: dict,
+    parent_run_id: str | None = None,
+    resume_run_id: str | None = None,
+    outbox: Outbox | None = None,
+):
+    """An MLflow run that always ends: FINISHED, FAILED (exception) or KILLED (Ctrl-C, SIGTERM, requeue).
+
+    The reason of a failure goes into the `failure_reason` tag; metrics logged so far stay.
+    `resume_run_id` reopens that run (a requeued job continues its run) instead of starting one.
+    With an `outbox`, a store that stopped answering gets the end (and tag) later, from its file.
+    """
+    if resume_run_id and not _resumable(resume_run_id, experiment_id):
+        resume_run_id = None
+    if resume_run_id:
+        mlflow.set_experiment(experiment_id=experiment_id)  # start_run refuses a run outside the active experiment
+        active = mlflow.start_run(run_id=resume_run_id, tags=tags)
+        with contextlib.suppress(mlflow.exceptions.MlflowException):  # the reason of the last stop
+            MlflowClient().delete_tag(resume_run_id, "failure_reason")
+    else:
+        active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, parent_run_id=parent_run_id)
+    uri = mlflow.get_tracking_uri()
+    log.info(
+        "MLflow run %s (%s) in experiment %s at %s%s",
+        run_name, active.info.run_id, experiment_id, redact(uri), " (resumed)" if resume_run_id else "",
+    )
+    restore = _sigterm_raises()
+    try:
+        yield active
+    except (KeyboardInterrupt, SystemExit) as err:  # SystemExit: submitit's requeue exits so
+        _end(active, "KILLED", _interrupt_reason(err), outbox)
+        raise
+    except BaseException as err:
+        _end(active, "FAILED", f"{type(err).__name__}: {err}", outbox)
+        raise
+    else:
+        _end(active, "FINISHED", None, outbox)
+        log.info("Run %s FINISHED. Compare runs: %s", active.info.run_id, store.ui_command(uri))
+    finally:
+        restore()
+        if outbox is not None and outbox.path.exists():
+            log.warning(
+                "The MLflow store %s missed some of run %s's records; they are kept in %s.\n"
+                "Import them when it answers again: %s", redact(uri), active.info.run_id, outbox.path,
+                outbox_import_command(outbox.path),
+            )
+
+
+def _resumable(run_id: str, experiment_id: str) -> bool:
+    try:
+        found = MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        found = None
+    if found is None or found.info.lifecycle_stage != "active" or found.info.experiment_id != experiment_id:
+        log.warning("The backup's MLflow run %s is gone or elsewhere: starting a new run", run_id)
+        return False
+    return True
+
+
+def _interrupt_reason(err: BaseException) -> str:
+    if isinstance(err, Terminated):
+        return f"Terminated: {err}: interrupted during training"  # "SIGTERM (signal 15)"
+    if isinstance(err, KeyboardInterrupt):
+        return "KeyboardInterrupt (Ctrl-C): interrupted during training"
+    return f"{type(err).__name__}: interrupted"
+
+
+def _end(active, status: str, reason: str | None, outbox: Outbox | None) -> None:
+    run_id = active.info.run_id
+    wait_for_metrics()  # epochs still queued by MLflowMetrics (fit interrupted before on_train_end) go first
+    if outbox is None:
+        try:
+            if reason:
+                mlflow.set_tag("failure_reason", reason[:4000])
+        finally:
+            mlflow.end_run(status)
+    else:
+        if reason:
+            outbox.set_tag(run_id, "failure_reason", reason[:4000])
+        outbox.end(run_id, status)  # sent, or kept in the outbox's file with the import command
+        with contextlib.suppress(Exception):
+            mlflow.end_run(status)  # clears MLflow's active run (its own set_terminated repeats the outbox's)
+    if reason:
+        log.error("Run %s ended %s: %s", run_id, status, reason)
+
+
+def _sigterm_raises():
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise Terminated(f"{signal.Signals(signum).name} (signal {signum})")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)

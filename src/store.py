@@ -1,0 +1,141 @@
+"""Where runs are recorded: the tracking URI, a check that the store answers, and the run's experiment.
+
+Imports MLflow but never Keras: `python -m src.compare` and `python -m src.outbox` use it too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+
+from .errors import UserError
+from .paths import PROJECT_ROOT
+from .preflight import check_folder
+from .redaction import redact
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORE = PROJECT_ROOT / "mlruns"
+SQLITE = "sqlite:///"
+# MLflow's HTTP client retries 7 times with a backoff factor of 2 (minutes) and waits 120 s per
+# request by default: a lost server would stall every epoch. These short defaults give up after
+# a few seconds and leave the rest to the Outbox; a user's own settings win.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+STORE_SCHEMES = ("http://", "https://", SQLITE, "postgresql", "mysql", "mssql", "file:", "databricks")
+
+
+class TrackingError(UserError):
+    """The tracking store cannot be used; the message names the fix."""
+
+
+def tracking_uri(configured: str | None) -> str:
+    """tracking.tracking_uri, else $MLFLOW_TRACKING_URI, else SQLite under <project>/mlruns."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"{SQLITE}{DEFAULT_STORE / 'mlflow.db'}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI, else None."""
+    return Path(uri[len(SQLITE) :]) if uri.startswith(SQLITE) else None
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def ui_command(uri: str) -> str:
+    if is_server(uri):
+        return f"open {redact(uri)} (through an SSH tunnel if it runs on the login node)"
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+
+
+def ui_links(experiment_id: str, run_id: str | None = None, base: str = "http://127.0.0.1:5000") -> str:
+    """Direct links into the MLflow UI: the experiment's run table (MLflow 3 opens on its GenAI pages otherwise)."""
+    links = f"{base}/#/experiments/{experiment_id}/runs"
+    if run_id:
+        links += f" ; this run: {base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return links
+
+
+def connect(uri: str, experiment_name: str) -> str:
+    """Check that the store answers and return the experiment's id, creating it if needed.
+
+    Runs before any data is loaded, so an unreachable server or an unwritable folder costs seconds.
+    """
+    if not uri.startswith(STORE_SCHEMES) and not Path(uri).is_absolute():
+        raise TrackingError(
+            f"tracking.tracking_uri={uri!r} is not a tracking store URI.\n"
+            "Fix: use http://127.0.0.1:5000 (a server), sqlite:////abs/path/mlflow.db (a file), "
+            "or drop it for the default sqlite store under mlruns/."
+        )
+    database = sqlite_path(uri)
+    if is_server(uri):
+        for var, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(var, value)
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as err:
+            raise TrackingError(
+                f"the MLflow server at {redact(uri)} does not answer ({err}).\n"
+                "Fix: start it (bash slurm/mlflow_server.sh), check the host and port, "
+                "or drop tracking.tracking_uri to use the local SQLite store."
+            ) from err
+    elif database is not None:
+        with contextlib.suppress(OSError):  # when it cannot be made, check_folder says why
+            database.parent.mkdir(parents=True, exist_ok=True)
+        check_folder(
+            database.parent,
+            "tracking store's folder",
+            "free space or fix its permissions, or set tracking.tracking_uri / MLFLOW_TRACKING_URI to a writable place.",
+        )
+    mlflow.set_tracking_uri(uri)
+    try:
+        with _first_use_lock(database):
+            return _experiment_id(database, experiment_name)
+    except mlflow.exceptions.MlflowException as err:
+        raise TrackingError(
+            f"the tracking store {redact(uri)} cannot be used for experiment {experiment_name!r}: "
+            f"{str(err).splitlines()[0]}\nFix: check tracking.tracking_uri / MLFLOW_TRACKING_URI."
+        ) from err
+
+
+@contextlib.contextmanager
+def _first_use_lock(database: Path | None):
+    """Serialise the first use of a SQLite store between processes.
+
+    Jobs of an array that start together would otherwise all create a fresh store's tables at
+    once (alembic: "table _alembic_tmp_experiments already exists"). An flock on a file beside the
+    database; Linux NFS clients map it to NFS locks. Held only while connecting.
+    """
+    if database is None:
+        yield
+        return
+    with open(f"{database}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _experiment_id(database: Path | None, experiment_name: str) -> str:
+    experiment = mlflow.get_experiment_by_name(experiment_name)
+    if experiment is not None:
+        return experiment.experiment_id
+    # artifacts beside the database, not in whatever folder we run from
+    location = (database.parent / "artifacts").as_uri() if database is not None else None
+    try:
+        return mlflow.create_experiment(experiment_name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created by a concurrent job meanwhile
+        return mlflow.get_experiment_by_name(experiment_name).experiment_id
