@@ -85,7 +85,7 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
 
     keras.backend.clear_session()  # each multirun job starts from a clean state
     scope, device = hardware.setup(cfg.hardware, chosen)
-    keras.utils.set_random_seed(cfg.seed)
+    backend.set_random_seed(chosen, cfg.seed)
     ds = data.load(cfg.dataset, data.data_dir(cfg.data_dir))
     log.info("Data: %s (%s, sha256 %s)", ", ".join(f"{k} {n}" for k, n in ds.sizes.items()), ds.path, ds.sha256[:12])
 
