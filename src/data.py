@@ -237,11 +237,6 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
-    def dense_rows(self, stop: int) -> np.ndarray:
-        """The first `stop` samples as the model takes them (multi-hot rows made dense)."""
-        x = self.x[:stop]
-        return x.toarray() if scipy.sparse.issparse(x) else x
-
 
 @dataclass
 class Data:

@@ -127,7 +127,7 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
         test = model.evaluate(**batches.fit_args(ds.test, batch_size), return_dict=True, verbose=0)
         runs.log_final_metrics(kept, run.info.run_id, {f"test_{k}": v for k, v in test.items()})
         log.info("Test: %s", ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
-        predictions = _predictions(model, ds.test.dense_rows(10), ds.test.y[:10])
+        predictions = _predictions(model, batches.first(ds.test, 10), ds.test.y[:10])
         log.info("First 10 test predictions:\n%s", predictions)
         _log_artifacts(cfg, history, predictions, model, workdir, kept, run.info.run_id)
     backup.discard()  # the run is FINISHED: nothing left to resume

@@ -3,6 +3,7 @@ modules that do not train import no Keras, and config refusals before any backen
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -98,3 +99,13 @@ def test_config_refusals_print_no_backend_start_up_lines(override, code, message
     output = result.stdout + result.stderr
     for chatter in ("tensorflow/", "cuInit", "oneDNN", "E0000", "I0000", "absl", "cudart"):
         assert chatter not in output, output
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch is not installed (pip install -e '.[torch]')")
+def test_torch_trains_the_headline_command(data_dir, store, experiment, tmp_path):
+    args = [*base_overrides(data_dir, store, experiment), "model=imdb_dropout", "backend=torch",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    result = run_cli(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [run] = _runs(store, experiment)
+    assert run.info.status == "FINISHED" and run.data.tags["backend"] == "torch"
