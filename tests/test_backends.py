@@ -109,3 +109,21 @@ def test_torch_trains_the_headline_command(data_dir, store, experiment, tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     [run] = _runs(store, experiment)
     assert run.info.status == "FINISHED" and run.data.tags["backend"] == "torch"
+
+
+def test_compare_shows_the_backend_when_runs_differ_in_it(store, experiment):
+    from mlflow.tracking import MlflowClient
+
+    from src import compare
+
+    client = MlflowClient(store)
+    experiment_id = client.create_experiment(experiment)
+    for name in ("tensorflow", "jax"):
+        run = client.create_run(experiment_id, tags={"backend": name})
+        client.log_param(run.info.run_id, "backend", name)
+        client.log_param(run.info.run_id, "seed", "42")
+        client.set_terminated(run.info.run_id)
+    summaries = [compare.summarise(client, r) for r in compare.resolve(client, [experiment])]
+    header, rows = compare.table(summaries)
+    assert "backend" in header and "seed" not in header
+    assert sorted(row[header.index("backend")] for row in rows) == ["jax", "tensorflow"]
