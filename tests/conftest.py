@@ -169,3 +169,6 @@ def pytest_configure(config):
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     elif BACKEND == "jax":
         os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    # Keras (and absl's logging with it) first imported inside a captured test would bind its log handler to
+    # pytest's capture stream, which is closed after that test ("I/O operation on closed file"): import it now.
+    import keras  # noqa: F401
