@@ -127,6 +127,7 @@ class Epochs:
         self._data = ds
         self._rows: dict[str, Rows] = {}
         self._resident: dict[int, tuple] = {}  # id(Rows) -> (x, y) on the device
+        self._chunk: dict[int, int] = {}  # id(Rows) -> batches per chunk, for a streamed split
         self._train_epoch = jax.jit(self._resident_train_epoch, static_argnames=("width",))
         self._train_chunk = jax.jit(self._chunk_train, static_argnames=("width",))
         self._eval_chunk = jax.jit(self._chunk_eval, static_argnames=("width",))
@@ -141,28 +142,25 @@ class Epochs:
     # Where each split lives --------------------------------------------------------------------
 
     def plan(self, *splits: Rows) -> dict[int, str]:
-        """Put each split (in order) on the device if it fits what is left of the budget; say where each is."""
-        left, where = self.budget, {}
+        """Put each split (in order) on the device if it fits what is left of the budget; the others are
+        streamed, one at a time, in chunks of the batches that fit in what is left then. Says where each is."""
+        left = self.budget - sum(x.nbytes + y.nbytes for x, y in self._resident.values())
+        for split in splits:
+            if id(split) not in self._resident and split.nbytes <= left:
+                self._resident[id(split)] = (jax.device_put(split.x, self.device), jax.device_put(split.y, self.device))
+                left -= split.nbytes
+        where = {}
         for split in splits:
             if id(split) in self._resident:
                 where[id(split)] = "on the device"
-            elif split.nbytes <= left:
-                self._resident[id(split)] = (jax.device_put(split.x, self.device), jax.device_put(split.y, self.device))
-                where[id(split)] = "on the device"
             else:
-                where[id(split)] = f"streamed in chunks of {self._chunk_batches(split)} batches"
-                continue
-            left -= split.nbytes
+                per_batch = split.nbytes / max(len(split), 1) * self.batch_size
+                self._chunk[id(split)] = max(1, int(left // max(per_batch, 1)))
+                where[id(split)] = f"streamed in chunks of {self._chunk[id(split)]} batches"
         return where
 
     def release(self, split: Rows) -> None:
         self._resident.pop(id(split), None)
-
-    def _chunk_batches(self, split: Rows) -> int:
-        """Batches per streamed chunk: what the budget left after the resident splits holds (at least one)."""
-        left = self.budget - sum(x.nbytes + y.nbytes for x, y in self._resident.values())
-        per_batch = split.nbytes / max(len(split), 1) * self.batch_size
-        return max(1, int(left // max(per_batch, 1)))
 
     # Traced functions (jax.jit) ------------------------------------------------------------------
 
@@ -251,7 +249,7 @@ class Epochs:
 
     def _chunks(self, split: Rows, order: np.ndarray):
         """Chunks of whole batches in `order`, gathered on the host and put on the device; the last holds the rest."""
-        size = self._chunk_batches(split) * self.batch_size
+        size = self._chunk[id(split)] * self.batch_size
         for start in range(0, len(order), size):
             rows_ = order[start : start + size]
             yield jax.device_put(split.x[rows_], self.device), jax.device_put(split.y[rows_], self.device)

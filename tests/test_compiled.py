@@ -147,15 +147,21 @@ def test_streamed_chunks_train_exactly_as_on_the_device(data_dir, caplog):
     from src import compiled
 
     ds, build = _setup(data_dir, "imdb_dropout")
+    train, val = compiled.rows(ds.train), compiled.rows(ds.val)
+    batch = 16  # 300 training samples: 18 full batches and one of 12
+    tight = val.nbytes + int(3.5 * train.nbytes / len(train) * batch)  # validation, and 3 training batches
+    assert train.nbytes > tight
     results = {}
-    for budget in (10**9, 40_000):  # everything on the device; chunks of a few batches
+    for budget in (10**9, tight):  # everything on the device; training data in chunks of 3 batches
         m = build()
-        epochs = compiled.Epochs(m, ds, 64, seed=5, budget_bytes=budget)
+        epochs = compiled.Epochs(m, ds, batch, seed=5, budget_bytes=budget)
         with caplog.at_level("INFO", logger="src.compiled"):
             results[budget] = (epochs.fit(2, verbose=0), m.get_weights())
-    assert "streamed in chunks of 3 batches" in caplog.text
+    assert "streamed in chunks of 3 batches, validation data (0.0 MB) on the device" in caplog.text
     (h1, w1), (h2, w2) = results.values()
-    assert h1 == pytest.approx(h2, rel=1e-4)
+    assert h1.keys() == h2.keys()
+    for key in h1:
+        assert h1[key] == pytest.approx(h2[key], rel=1e-4), key
     for a, b in zip(w1, w2):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
@@ -220,7 +226,7 @@ def test_nan_stops_after_the_epoch_and_fails(train_run, experiment):
     from src import train
 
     with pytest.raises(train.Diverged, match=r"loss became NaN at epoch \d+") as raised:
-        train_run("trainer.loop=compiled", "optimizer=sgd", "optimizer.learning_rate=1e6", "trainer.epochs=20")
+        train_run("trainer.loop=compiled", "optimizer=sgd", "optimizer.learning_rate=1e30", "trainer.epochs=20")
     epoch = int(str(raised.value).split("at epoch ")[1].split(":")[0])
     assert epoch < 20  # TerminateOnNaN saw the epoch's loss: stopped after that epoch
     [run] = mlflow.search_runs(experiment_names=[experiment], output_format="list")
