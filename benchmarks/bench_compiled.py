@@ -18,7 +18,7 @@ import time
 
 from . import harness as h
 
-MODELS = {"mnist": ("mnist_dense", 5, 128), "imdb": ("imdb_dense", 4, 512)}  # model, epochs, batch size
+MODELS = {"mnist": ("mnist_dense", 5, 128), "imdb": ("imdb_dense", 4, 512)}  # model, default epochs, batch size
 
 
 def _setup(hardware: str):
@@ -92,7 +92,8 @@ def main() -> None:
     p = h.parser(__doc__.splitlines()[0], repeats=3)
     p.add_argument("--hardware", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("--datasets", default="mnist,imdb")
-    p.add_argument("--epochs", type=int, default=None, help="default: MNIST 5, IMDB 4")
+    p.add_argument("--mnist-epochs", type=int, default=MODELS["mnist"][1])
+    p.add_argument("--imdb-epochs", type=int, default=MODELS["imdb"][1])
     p.add_argument("--budget", type=float, default=0.5, help="hardware.device_data_budget for the compiled loop")
     p.add_argument("--small", type=int, default=None, metavar="N",
                    help="other (synthetic, small) files: skip the sha256 check, hold out N samples for validation")
@@ -106,8 +107,8 @@ def main() -> None:
     figures, raw = {}, {}
     for name in args.datasets.split(","):
         ds, mcfg, ocfg = _configs(name, data_dir, args.small)
-        _, epochs, batch_size = MODELS[name]
-        epochs = args.epochs or epochs
+        batch_size = MODELS[name][2]
+        epochs = getattr(args, f"{name}_epochs")
         sides = {loop: [] for loop in ("fit", "compiled")}
         for r in range(args.repeats):
             order = ["fit", "compiled"] if r % 2 == 0 else ["compiled", "fit"]
