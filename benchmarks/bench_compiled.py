@@ -94,6 +94,7 @@ def main() -> None:
     p.add_argument("--datasets", default="mnist,imdb")
     p.add_argument("--mnist-epochs", type=int, default=MODELS["mnist"][1])
     p.add_argument("--imdb-epochs", type=int, default=MODELS["imdb"][1])
+    p.add_argument("--seed", type=int, default=42, help="round r uses seed SEED + r")
     p.add_argument("--budget", type=float, default=0.5, help="hardware.device_data_budget for the compiled loop")
     p.add_argument("--small", type=int, default=None, metavar="N",
                    help="other (synthetic, small) files: skip the sha256 check, hold out N samples for validation")
@@ -114,9 +115,9 @@ def main() -> None:
             order = ["fit", "compiled"] if r % 2 == 0 else ["compiled", "fit"]
             for loop in order:
                 t = time.time()
-                result = _train(keras, loop, ds, mcfg, ocfg, epochs, batch_size, 42 + r, args.budget)
+                result = _train(keras, loop, ds, mcfg, ocfg, epochs, batch_size, args.seed + r, args.budget)
                 sides[loop].append(result)
-                print(f"  {name} round {r + 1}/{args.repeats} seed {42 + r}: {loop} {time.time() - t:.1f} s, epochs "
+                print(f"  {name} round {r + 1}/{args.repeats} seed {args.seed + r}: {loop} {time.time() - t:.1f} s, epochs "
                       f"[{' '.join(f'{x:.2f}' for x in result['epoch_times'])}] s, test acc "
                       f"{result['test']['test_accuracy']:.4f}, {result['steps']} steps", flush=True)
         steady = {loop: [h.steady_epoch(r) for r in rs] for loop, rs in sides.items()}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import Backend, ConfigError, Loop, Strategy
+from .config import Accelerator, Backend, ConfigError, Loop, Strategy
 
 TAG = "trainer.loop_resolved"  # the MLflow tag that says which loop a run used
 # auto on a CPU device. Set from benchmarks/bench_compiled.py on the development machine (README).
@@ -23,6 +23,7 @@ class Resolved:
     loop: Loop  # fit or compiled
     why: str
     budget_bytes: int = 0  # compiled: the data budget on the device
+    device: object = None  # compiled: the JAX device it trains on
 
     @property
     def compiled(self) -> bool:
@@ -59,7 +60,8 @@ def resolve(cfg, backend: Backend, ds) -> Resolved:
 
     from . import compiled
 
-    device = jax.devices()[0]
+    # hardware=cpu in a process whose JAX already sees a GPU (an earlier run, a test session): still the CPU
+    device = jax.devices("cpu")[0] if Accelerator(cfg.hardware.accelerator) == Accelerator.cpu else jax.devices()[0]
     free = compiled.free_device_bytes(device)
     budget = int(cfg.hardware.device_data_budget * free)
     needed = compiled.device_bytes(ds.train) + compiled.device_bytes(ds.val)
@@ -67,11 +69,11 @@ def resolve(cfg, backend: Backend, ds) -> Resolved:
              f"= hardware.device_data_budget {cfg.hardware.device_data_budget} x {free / 1e6:.0f} MB free on {device.platform}")
     if chosen == Loop.compiled:
         streamed = "on the device" if needed <= budget else "streamed in chunks (over the budget)"
-        return Resolved(Loop.compiled, f"trainer.loop=compiled; {sizes}: {streamed}", budget)
+        return Resolved(Loop.compiled, f"trainer.loop=compiled; {sizes}: {streamed}", budget, device)
     if device.platform not in ("gpu", "tpu"):
         if AUTO_ON_CPU == Loop.compiled and needed <= budget:
-            return Resolved(Loop.compiled, f"trainer.loop=auto on a CPU, where compiled epochs measured faster; {sizes}", budget)
+            return Resolved(Loop.compiled, f"trainer.loop=auto on a CPU, where compiled epochs measured faster; {sizes}", budget, device)
         return Resolved(Loop.fit, "trainer.loop=auto on a CPU device: compiled epochs measured no faster than fit there")
     if needed > budget:
         return Resolved(Loop.fit, f"trainer.loop=auto: {sizes}: over the budget")
-    return Resolved(Loop.compiled, f"trainer.loop=auto on a {device.platform.upper()}; {sizes}", budget)
+    return Resolved(Loop.compiled, f"trainer.loop=auto on a {device.platform.upper()}; {sizes}", budget, device)

@@ -121,7 +121,7 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
         if resolved.compiled:  # src/compiled.py: one compiled program per epoch, the same callbacks
             from . import compiled
 
-            epochs = compiled.Epochs(model, ds, batch_size, cfg.seed, resolved.budget_bytes)
+            epochs = compiled.Epochs(model, ds, batch_size, cfg.seed, resolved.budget_bytes, resolved.device)
             this_start = epochs.fit(cfg.trainer.epochs, initial_epoch, _callbacks(cfg, run.info.run_id, backup, kept),
                                     cfg.trainer.verbose)
         else:

@@ -264,3 +264,36 @@ def test_resumed_compiled_run_equals_an_uninterrupted_one(data_dir, store, exper
                 if r.info.run_id == state["run_id"]]
     assert finished[0].info.status == "FINISHED"
     assert steps(state["run_id"]) == {k: [1, 2, 3] for k in KEYS}
+
+
+@jax_only
+def test_auto_picks_compiled_on_an_accelerator_within_the_budget(data_dir, monkeypatch):
+    """The decision alone, with a stand-in GPU (this machine has none): compiled within the budget, fit above."""
+    import jax
+
+    from src import data
+
+    class Gpu:
+        platform = "gpu"
+
+        def memory_stats(self):
+            return {"bytes_limit": 8 * 10**9, "bytes_in_use": 10**9}
+
+    cfg = compose([f"data_dir={data_dir}", "dataset.sha256=null", "dataset.validation_size=100", "backend=jax",
+                   "hardware=gpu"])
+    ds = data.load(cfg.dataset, data_dir)
+    monkeypatch.setattr(jax, "devices", lambda *args: [Gpu()])
+    chosen = loop.resolve(cfg, config.Backend.jax, ds)
+    assert chosen.compiled and chosen.budget_bytes == 0.5 * 7 * 10**9
+    cfg.hardware.device_data_budget = 1e-6  # 7 kB: less than the data
+    chosen = loop.resolve(cfg, config.Backend.jax, ds)
+    assert chosen.loop == config.Loop.fit and "over the budget" in chosen.why
+    cfg.trainer.loop = "compiled"  # asked for: streamed instead
+    assert "streamed in chunks" in loop.resolve(cfg, config.Backend.jax, ds).why
+
+
+@jax_only
+def test_mixed_precision_trains_compiled(train_run):
+    """Keras's loss-scaling optimizer goes through the scan like any other (its state is optimizer variables)."""
+    _, run = train_run("trainer.loop=compiled", "hardware.mixed_precision=true", "trainer.epochs=2")
+    assert run.info.status == "FINISHED" and run.data.metrics["test_accuracy"] > 0.9
