@@ -5,6 +5,7 @@
 #
 #   bash benchmarks/gpu_check.sh                    # PYTHON=/path/to/venv/bin/python to pick the interpreter
 #   bash benchmarks/gpu_check.sh --dry-run          # the runs it would make
+#   bash benchmarks/gpu_check.sh --backend jax      # no TensorFlow: Keras's JAX fit vs trainer.loop=compiled
 #   bash benchmarks/gpu_check.sh --hardware cpu --scale 0.05 --mnist-epochs 2 --imdb-epochs 1   # its logic, on a CPU
 #
 # Options: python -m benchmarks.gpu_check --help. Figures also go to benchmarks/results/gpu_check.json.
