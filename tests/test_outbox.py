@@ -1,0 +1,210 @@
+"""The outbox observed while it works: the order of every call a store receives, not only the end state.
+
+Fake clients record calls (and fail or stall on purpose) where the order is under test; importing
+a pending file runs the real command against a real SQLite store.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from conftest import ROOT, child_env
+from src import outbox
+
+
+class Down(Exception):
+    """What a store that does not answer raises."""
+
+
+class FakeClient:
+    """Records every call that succeeded, in order; `fail` says which call numbers (from 1) raise."""
+
+    def __init__(self, fail=lambda n: False, delay: float = 0.0, uri: str = "http://fake:5000"):
+        self.tracking_uri = uri
+        self.fail, self.delay = fail, delay
+        self.calls = 0
+        self.sent: list[tuple] = []  # (op, run_id, what)
+        self.lock = threading.Lock()
+
+    def _call(self, entry: tuple) -> None:
+        with self.lock:
+            self.calls += 1
+            n = self.calls
+        time.sleep(self.delay)
+        if self.fail(n):
+            raise Down(f"call {n} refused")
+        self.sent.append(entry)
+
+    def log_batch(self, run_id, metrics=(), params=(), tags=()):
+        if metrics:
+            self._call(("metrics", run_id, tuple((m.key, m.step) for m in metrics)))
+        if tags:
+            self._call(("tags", run_id, tuple((t.key, t.value) for t in tags)))
+
+    def log_artifacts(self, run_id, local_dir, artifact_path=None):
+        self._call(("artifacts", run_id, tuple(sorted(p.name for p in Path(local_dir).iterdir()))))
+
+    def set_terminated(self, run_id, status=None):
+        self._call(("end", run_id, status))
+
+
+def metric(step: int, key: str = "loss") -> list[Metric]:
+    return [Metric(key, float(step), 1000 + step, step)]
+
+
+def first_success_order(sent: list[tuple]) -> list[tuple]:
+    seen = []
+    for entry in sent:
+        if entry not in seen:
+            seen.append(entry)
+    return seen
+
+
+def test_backlog_is_replayed_in_order_before_the_next_record(tmp_path):
+    """Down for the first 3 calls: records 1-3 are kept; record 4 first sends 1, 2, 3, then itself."""
+    client = FakeClient(fail=lambda n: n <= 3)
+    box = outbox.Outbox(tmp_path / outbox.FILENAME, client)
+    for step in (1, 2, 3):
+        box.log_metrics("r", metric(step))
+    assert client.sent == []
+    assert [json.loads(line)["metrics"][0][3] for line in box.path.read_text().splitlines()] == [1, 2, 3]
+    box.log_metrics("r", metric(4))
+    assert client.sent == [("metrics", "r", (("loss", s),)) for s in (1, 2, 3, 4)]
+    assert not box.path.exists()  # the backlog is gone once sent
+
+
+def test_a_new_record_waits_while_the_backlog_cannot_be_sent(tmp_path):
+    """The store takes one call and refuses the next (the backlog's 2nd record): the new record must be
+    kept behind the backlog, not sent ahead of it; once the store is back, everything arrives in order."""
+    refused = {1, 2, 4}  # records 1 and 2 kept; replay: 1 goes through (call 3), 2 fails (call 4)
+    client = FakeClient(fail=lambda n: n in refused)
+    box = outbox.Outbox(tmp_path / outbox.FILENAME, client)
+    box.log_metrics("r", metric(1))
+    box.log_metrics("r", metric(2))
+    box.set_tag("r", "note", "three")  # arrives while record 2 of the backlog still fails
+    assert [e[0] for e in client.sent] == ["metrics"]  # only record 1, through the replay
+    assert ("tags", "r", (("note", "three"),)) not in client.sent
+    assert [json.loads(line)["op"] for line in box.path.read_text().splitlines()] == ["metrics", "metrics", "tags"]
+
+    box.end("r", "FINISHED")
+    expected = [("metrics", "r", (("loss", 1),)), ("metrics", "r", (("loss", 2),)),
+                ("tags", "r", (("note", "three"),)), ("end", "r", "FINISHED")]
+    assert first_success_order(client.sent) == expected
+    assert client.sent[-1] == ("end", "r", "FINISHED") and client.sent.count(expected[-1]) == 1
+    assert not box.path.exists()
+
+
+def test_artifacts_that_fail_are_kept_as_a_copy_and_sent_in_turn(tmp_path):
+    client = FakeClient(fail=lambda n: n == 1)
+    box = outbox.Outbox(tmp_path / outbox.FILENAME, client)
+    temporary = tmp_path / "tmp-artifacts"
+    temporary.mkdir()
+    (temporary / "model.keras").write_text("weights")
+    box.log_artifacts("r", temporary)
+    shutil.rmtree(temporary)  # the caller's folder is temporary: the kept copy must not depend on it
+    copies = list((tmp_path / "mlflow-pending-artifacts").iterdir())
+    assert [p.name for p in copies] == ["0000"] and (copies[0] / "model.keras").read_text() == "weights"
+    box.end("r", "FINISHED")
+    assert client.sent == [("artifacts", "r", ("model.keras",)), ("end", "r", "FINISHED")]
+    assert not box.path.exists() and not (tmp_path / "mlflow-pending-artifacts").exists()
+
+
+def test_slow_store_epochs_queue_in_order_and_the_end_waits_for_them(tmp_path):
+    """MLflowMetrics hands epochs to a background thread; with a slow store, training does not wait per
+    epoch, and an interrupted run's end (tracking._end) still reaches the store after every queued epoch."""
+    from src import tracking
+
+    delay = 0.3
+    client = FakeClient(delay=delay)
+    box = outbox.Outbox(tmp_path / outbox.FILENAME, client)
+    callback = tracking.MLflowMetrics("r", client=client, outbox=box)
+    started = time.monotonic()
+    for epoch in range(3):
+        callback.on_epoch_begin(epoch)
+        callback.on_epoch_end(epoch, {"loss": 1.0 / (epoch + 1)})
+    assert time.monotonic() - started < delay * 2  # three slow sends did not hold training up
+    # fit interrupted before on_train_end: _end waits for the queue, then tags and ends the run
+    tracking._end(SimpleNamespace(info=SimpleNamespace(run_id="r")), "KILLED", "interrupted", box)
+    ops = [(e[0], e[2]) for e in client.sent]
+    assert [steps for op, steps in ops if op == "metrics"] == [
+        (("loss", s), ("epoch_time_s", s)) for s in (1, 2, 3)
+    ]
+    assert ops[3:] == [("tags", (("failure_reason", "interrupted"),)), ("end", "KILLED")]
+
+
+# ---------------------------------------------------------------------------------------------
+# `python -m src.outbox import FILE`, for real
+
+
+@pytest.fixture
+def sqlite_run(tmp_path):
+    """A real SQLite store with one RUNNING run: (uri, run_id)."""
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "store").mkdir()
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("outbox")
+    return uri, client.create_run(experiment_id).info.run_id
+
+
+def pending_file(tmp_path: Path, uri: str, run_id: str) -> Path:
+    """What a run writes while its store is down: 2 epochs, a tag, its end (the fake refuses every call)."""
+    box = outbox.Outbox(tmp_path / "run" / outbox.FILENAME, FakeClient(fail=lambda n: True, uri=uri))
+    box.path.parent.mkdir()
+    box.log_metrics(run_id, [*metric(1), *metric(1, "val_loss")])
+    box.log_metrics(run_id, [*metric(2), *metric(2, "val_loss")])
+    box.set_tag(run_id, "note", "from the outbox")
+    box.end(run_id, "FINISHED")
+    return box.path
+
+
+def import_file(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "src.outbox", "import", str(path)], cwd=ROOT, env=child_env(),
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_importing_the_same_file_twice_adds_nothing_twice(tmp_path, sqlite_run):
+    uri, run_id = sqlite_run
+    path = pending_file(tmp_path, uri, run_id)
+    backup = tmp_path / "copy.jsonl"
+    shutil.copy(path, backup)
+
+    first = import_file(path)
+    assert first.returncode == 0, first.stderr
+    assert f"imported 4 records into run(s) {run_id} at {uri}" in first.stdout
+    assert not path.exists()
+    shutil.copy(backup, path)  # the same file again (a second import from a copy, or a retry)
+    second = import_file(path)
+    assert second.returncode == 0, second.stderr
+
+    client = MlflowClient(uri)
+    for key in ("loss", "val_loss"):
+        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [1, 2]  # each step once
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["note"] == "from the outbox"
+
+
+def test_a_file_that_fails_mid_import_is_kept(tmp_path, sqlite_run):
+    uri, run_id = sqlite_run
+    path = pending_file(tmp_path, uri, run_id)
+    lines = path.read_text().splitlines()
+    broken = json.loads(lines[1])
+    broken["run_id"] = "0" * 32  # no such run: the store refuses the second record
+    path.write_text("\n".join([lines[0], json.dumps(broken), *lines[2:]]) + "\n")
+    before = path.read_text()
+
+    result = import_file(path)
+    assert result.returncode == 1
+    assert "not imported" in result.stderr and "the file is kept" in result.stderr
+    assert path.read_text() == before  # every record still there, to import once fixed
+    assert [m.step for m in MlflowClient(uri).get_metric_history(run_id, "loss")] == [1]  # sent before the failure
