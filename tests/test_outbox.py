@@ -7,14 +7,17 @@ a pending file runs the real command against a real SQLite store.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import mlflow
 import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
@@ -106,17 +109,21 @@ def test_a_new_record_waits_while_the_backlog_cannot_be_sent(tmp_path):
 
 
 def test_artifacts_that_fail_are_kept_as_a_copy_and_sent_in_turn(tmp_path):
-    client = FakeClient(fail=lambda n: n == 1)
+    """Sent at once while the store answers; then two uploads fail (calls 2 and 3): each is kept as its own copy."""
+    client = FakeClient(fail=lambda n: n in (2, 3))
     box = outbox.Outbox(tmp_path / outbox.FILENAME, client)
-    temporary = tmp_path / "tmp-artifacts"
-    temporary.mkdir()
-    (temporary / "model.keras").write_text("weights")
-    box.log_artifacts("r", temporary)
-    shutil.rmtree(temporary)  # the caller's folder is temporary: the kept copy must not depend on it
-    copies = list((tmp_path / "mlflow-pending-artifacts").iterdir())
-    assert [p.name for p in copies] == ["0000"] and (copies[0] / "model.keras").read_text() == "weights"
+    for name in ("first", "second", "third"):
+        temporary = tmp_path / "tmp-artifacts"
+        temporary.mkdir()
+        (temporary / f"{name}.txt").write_text(name)
+        box.log_artifacts("r", temporary)
+        shutil.rmtree(temporary)  # the caller's folder is temporary: a kept copy must not depend on it
+    assert client.sent == [("artifacts", "r", ("first.txt",))]
+    copies = sorted((tmp_path / "mlflow-pending-artifacts").iterdir())
+    assert [(p.name, [f.name for f in p.iterdir()]) for p in copies] == [("0000", ["second.txt"]), ("0001", ["third.txt"])]
     box.end("r", "FINISHED")
-    assert client.sent == [("artifacts", "r", ("model.keras",)), ("end", "r", "FINISHED")]
+    assert client.sent[1:] == [("artifacts", "r", ("second.txt",)), ("artifacts", "r", ("third.txt",)),
+                               ("end", "r", "FINISHED")]
     assert not box.path.exists() and not (tmp_path / "mlflow-pending-artifacts").exists()
 
 
@@ -147,14 +154,25 @@ def test_slow_store_epochs_queue_in_order_and_the_end_waits_for_them(tmp_path):
 # `python -m src.outbox import FILE`, for real
 
 
+@pytest.fixture(scope="module")
+def sqlite_store(tmp_path_factory) -> tuple[str, str]:
+    """A real SQLite store (its schema takes seconds to create): (uri, experiment id)."""
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    uri = f"sqlite:///{path}"
+    template = Path(tempfile.gettempdir()) / f"le5-test-mlflow-blank-{mlflow.__version__}.db"
+    if not template.exists():  # migrated once per MLflow version; later stores (and mutmut's runs) copy it
+        building = template.with_suffix(f".{os.getpid()}.tmp")
+        MlflowClient(f"sqlite:///{building}").search_experiments()
+        os.replace(building, template)
+    shutil.copy(template, path)
+    return uri, MlflowClient(uri).create_experiment("outbox")
+
+
 @pytest.fixture
-def sqlite_run(tmp_path):
-    """A real SQLite store with one RUNNING run: (uri, run_id)."""
-    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    (tmp_path / "store").mkdir()
-    client = MlflowClient(uri)
-    experiment_id = client.create_experiment("outbox")
-    return uri, client.create_run(experiment_id).info.run_id
+def sqlite_run(sqlite_store):
+    """A fresh RUNNING run in that store: (uri, run_id)."""
+    uri, experiment_id = sqlite_store
+    return uri, MlflowClient(uri).create_run(experiment_id).info.run_id
 
 
 def pending_file(tmp_path: Path, uri: str, run_id: str) -> Path:
@@ -168,12 +186,23 @@ def pending_file(tmp_path: Path, uri: str, run_id: str) -> Path:
     return box.path
 
 
-def import_file(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "src.outbox", "import", str(path)], cwd=ROOT, env=child_env(),
-                          capture_output=True, text=True, timeout=120)
+@pytest.fixture(params=["subprocess", "in-process"])
+def import_file(request, capsys):
+    """`python -m src.outbox import FILE`: run literally, and in this process (where mutmut sees what it runs)."""
+
+    def run(path: Path) -> subprocess.CompletedProcess:
+        if request.param == "subprocess":
+            return subprocess.run([sys.executable, "-m", "src.outbox", "import", str(path)], cwd=ROOT,
+                                  env=child_env(), capture_output=True, text=True, timeout=120)
+        capsys.readouterr()
+        code = outbox._cli(["import", str(path)])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess([], code, out, err)
+
+    return run
 
 
-def test_importing_the_same_file_twice_adds_nothing_twice(tmp_path, sqlite_run):
+def test_importing_the_same_file_twice_adds_nothing_twice(tmp_path, sqlite_run, import_file):
     uri, run_id = sqlite_run
     path = pending_file(tmp_path, uri, run_id)
     backup = tmp_path / "copy.jsonl"
@@ -194,7 +223,7 @@ def test_importing_the_same_file_twice_adds_nothing_twice(tmp_path, sqlite_run):
     assert run.info.status == "FINISHED" and run.data.tags["note"] == "from the outbox"
 
 
-def test_a_file_that_fails_mid_import_is_kept(tmp_path, sqlite_run):
+def test_a_file_that_fails_mid_import_is_kept(tmp_path, sqlite_run, import_file):
     uri, run_id = sqlite_run
     path = pending_file(tmp_path, uri, run_id)
     lines = path.read_text().splitlines()
