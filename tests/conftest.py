@@ -137,6 +137,8 @@ def child_env(env: dict | None = None) -> dict[str, str]:
     variables that fixtures set as side effects (mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI),
     so a child that ignores its own tracking.tracking_uri is caught; `env` adds variables back explicitly."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "LE5_"))}
+    if clean.get("MUTANT_UNDER_TEST") == "stats":  # mutmut records coverage in its own process only
+        del clean["MUTANT_UNDER_TEST"]
     return {**clean, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
 
 

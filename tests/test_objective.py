@@ -90,6 +90,7 @@ def test_objective_is_the_best_epoch_in_the_monitors_direction(monitor, expected
     assert train._objective(history, monitor) == expected
 
 
+@pytest.mark.trains
 def test_training_returns_the_highest_val_accuracy_to_sweepers(train_run, store):
     """The real training: with trainer.monitor=val_accuracy, src.train returns max over epochs."""
     # a small learning rate, so the two epochs' accuracies differ and min, max and last are told apart
