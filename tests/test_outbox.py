@@ -74,8 +74,9 @@ def first_success_order(sent: list[tuple]) -> list[tuple]:
     return seen
 
 
-def test_backlog_is_replayed_in_order_before_the_next_record(tmp_path):
+def test_backlog_is_replayed_in_order_before_the_next_record(tmp_path, caplog):
     """Down for the first 3 calls: records 1-3 are kept; record 4 first sends 1, 2, 3, then itself."""
+    caplog.set_level("INFO", logger="src.outbox")
     client = FakeClient(fail=lambda n: n <= 3)
     box = outbox.Outbox(tmp_path / outbox.FILENAME, client)
     for step in (1, 2, 3):
@@ -85,6 +86,9 @@ def test_backlog_is_replayed_in_order_before_the_next_record(tmp_path):
     box.log_metrics("r", metric(4))
     assert client.sent == [("metrics", "r", (("loss", s),)) for s in (1, 2, 3, 4)]
     assert not box.path.exists()  # the backlog is gone once sent
+    # what the user reads: where the records are and the command that imports them; that they went through
+    assert f"Kept it in {box.path}; when the store answers again: python -m src.outbox import {box.path}" in caplog.text
+    assert f"MLflow store http://fake:5000 answers again: sent the records kept in {box.path}" in caplog.text
 
 
 def test_a_new_record_waits_while_the_backlog_cannot_be_sent(tmp_path):
@@ -237,3 +241,16 @@ def test_a_file_that_fails_mid_import_is_kept(tmp_path, sqlite_run, import_file)
     assert "not imported" in result.stderr and "the file is kept" in result.stderr
     assert path.read_text() == before  # every record still there, to import once fixed
     assert [m.step for m in MlflowClient(uri).get_metric_history(run_id, "loss")] == [1]  # sent before the failure
+
+
+def test_the_command_line_takes_only_import_and_says_how_it_is_called(tmp_path, capsys):
+    path = tmp_path / outbox.FILENAME
+    path.write_text("{}\n")
+    with pytest.raises(SystemExit) as refused:  # a misspelled command imports nothing
+        outbox._cli(["imprt", str(path)])
+    assert refused.value.code == 2 and path.read_text() == "{}\n"
+    with pytest.raises(SystemExit):
+        outbox._cli(["--help"])
+    usage = capsys.readouterr().out
+    assert usage.startswith("usage: python -m src.outbox [-h]") and "{import}" in usage
+    assert "What a run could not send to its tracking store" in usage and "Importing twice" not in usage
