@@ -67,6 +67,13 @@ def ui_links(experiment_id: str, run_id: str | None = None, base: str = "http://
     return links
 
 
+def ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
+    """What a run prints at its start and end: how to open the UI, and links to its run table and its page."""
+    base = redact(uri).rstrip("/") if is_server(uri) else "http://127.0.0.1:5000"
+    table = f"{base}/#/experiments/{experiment_id}/runs"
+    return f"MLflow UI: {ui_command(uri)}\n  runs table: {table}\n  this run:   {table}/{run_id}"
+
+
 def connect(uri: str, experiment_name: str) -> str:
     """Check that the store answers and return the experiment's id, creating it if needed.
 
