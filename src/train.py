@@ -241,4 +241,7 @@ def _run_name(hc) -> str:
 
 
 if __name__ == "__main__":
+    if hint := config.unquoted_non_ascii(sys.argv[1:]):  # before Hydra, whose own error does not say why
+        print(f"Error: {hint}", file=sys.stderr)
+        sys.exit(2)
     main()

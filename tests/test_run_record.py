@@ -8,7 +8,7 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from src import config, data, inputs, outbox, store, train
+from src import data, inputs, outbox, store, train
 from tests.conftest import compose
 
 
@@ -82,8 +82,3 @@ def test_model_the_store_refused_is_kept_and_loads_after_import(store, experimen
     x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
 
-
-def test_one_experiment_per_dataset_by_default():
-    assert config.experiment_name(compose([])) == "mnist"
-    assert config.experiment_name(compose(["model=imdb_dropout"])) == "imdb"
-    assert config.experiment_name(compose(["model=imdb_dropout", "tracking.experiment_name=mine"])) == "mine"
