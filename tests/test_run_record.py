@@ -51,7 +51,7 @@ def test_run_records_its_data_model_and_system_metrics(train_run, data_dir, tmp_
     # the links into the UI, at start and end
     links = store.ui_hint(mlflow.get_tracking_uri(), run.info.experiment_id, run_id)
     assert caplog.text.count(links.splitlines()[2].strip()) == 2
-    assert f"#/experiments/{run.info.experiment_id}/runs/{run_id}" in links
+    assert f"#/experiments/{run.info.experiment_id}/runs/{run_id}?workflowType=machine_learning" in links
 
 
 def test_no_system_metrics_and_no_model_when_off(train_run):
