@@ -175,8 +175,9 @@ def unquoted_non_ascii(argv: list[str]) -> str | None:
     Hydra's override grammar takes such characters only in quoted values; unquoted, it fails with
     a bare "LexerNoViableAltException" that does not say so.
     """
-    for arg in argv:
-        if arg.startswith("-"):  # --multirun, --config-path=...: not overrides
+    flag_values = {"-cp", "-cn", "-cd", "--config-path", "--config-name", "--config-dir"}
+    for before, arg in zip([None, *argv], argv):
+        if arg.startswith("-") or before in flag_values:  # --multirun, -cn NAME, ...: not overrides
             continue
         if not re.sub(r"'[^']*'|\"[^\"]*\"", "", arg).isascii():
             key, _, value = arg.partition("=")
