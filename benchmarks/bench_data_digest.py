@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("file", nargs="?", default=os.path.join(os.environ.get("LE5_DATA_DIR", "/work/shared/data"), "imdb.npz"))
+    default = os.path.join(os.environ.get("LE5_DATA_DIR", "/work/shared/data"), "imdb.npz")
+    p.add_argument("file", nargs="?", default=default)
     p.add_argument("--tries", type=int, default=5)
     args = p.parse_args()
     os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp()  # a cache of its own, not the user's

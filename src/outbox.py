@@ -114,7 +114,8 @@ def _apply(client: MlflowClient, run_id: str, record: dict) -> None:
         client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in record["tags"].items()])
     elif op == "inputs":
         datasets = [
-            DatasetInput(Dataset(**i["dataset"]), [InputTag(k, v) for k, v in i["tags"].items()]) for i in record["inputs"]
+            DatasetInput(Dataset(**i["dataset"]), [InputTag(k, v) for k, v in i["tags"].items()])
+            for i in record["inputs"]
         ]
         client.log_inputs(run_id, datasets=datasets)
     elif op == "artifacts":

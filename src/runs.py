@@ -66,7 +66,8 @@ def run(
     The reason of a failure goes into the `failure_reason` tag; metrics logged so far stay.
     `resume_run_id` reopens that run (a requeued job continues its run) instead of starting one.
     With an `outbox`, a store that stopped answering gets the end (and tag) later, from its file.
-    `system_metrics`: MLflow's system metrics (system/cpu_utilization_percentage, ...) every that many seconds; None: off.
+    `system_metrics`: MLflow's system metrics (system/cpu_utilization_percentage, ...) every that many
+    seconds; None: off.
     """
     if system_metrics is not None:
         mlflow.set_system_metrics_sampling_interval(system_metrics)

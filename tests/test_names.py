@@ -20,7 +20,8 @@ def test_quoted_non_ascii_is_taken_and_plain_overrides_are_left_alone():
     assert compose(['tracking.experiment_name="Größe"']).tracking.experiment_name == "Größe"
     assert compose(["tracking.experiment_name='学习率 1e-3'"]).tracking.experiment_name == "学习率 1e-3"
     assert config.unquoted_non_ascii(['tracking.experiment_name="Größe"', "-m", "trainer.epochs=1,2"]) is None
-    assert config.unquoted_non_ascii(["--config-path=/tmp/Größe", "-cd", "/tmp/Größe"]) is None  # flags, not overrides
+    # flags and their values, not overrides
+    assert config.unquoted_non_ascii(["--config-path=/tmp/Größe", "-cd", "/tmp/Größe"]) is None
     assert "Größe" in config.unquoted_non_ascii(["trainer.epochs=1", "hydra.run.dir=/tmp/Größe"])
 
 

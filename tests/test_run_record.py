@@ -40,7 +40,8 @@ def test_run_records_its_data_model_and_system_metrics(train_run, data_dir, tmp_
     model = mlflow.keras.load_model(f"runs:/{run_id}/model")  # Keras safe mode (the default) stays on
     ds = data.load(compose([f"data_dir={data_dir}", "dataset.sha256=null", "dataset.validation_size=100"]).dataset,
                    data_dir)
-    recorded = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions.csv", dst_path=str(tmp_path))
+    recorded = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions.csv",
+                                                   dst_path=str(tmp_path))
     again = train._predictions(model, ds.test.dense_rows(10), ds.test.y[:10])
     assert again + "\n" == open(recorded).read()
 
@@ -56,8 +57,8 @@ def test_run_records_its_data_model_and_system_metrics(train_run, data_dir, tmp_
 
 def test_no_system_metrics_and_no_model_when_off(train_run):
     # a short interval, so that only tracking.system_metrics=false can explain finding none
-    _, run = train_run("tracking.system_metrics=false", "tracking.system_metrics_interval=0.2", "tracking.log_model=false",
-                       "trainer.epochs=2")
+    _, run = train_run("tracking.system_metrics=false", "tracking.system_metrics_interval=0.2",
+                       "tracking.log_model=false", "trainer.epochs=2")
     assert _system_metrics(run.info.run_id) == set()
     assert mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list") == []
 
