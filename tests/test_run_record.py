@@ -83,3 +83,15 @@ def test_model_the_store_refused_is_kept_and_loads_after_import(store, experimen
     x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
 
+
+
+def test_dataset_inputs_the_store_refused_arrive_with_the_import(store, experiment, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    run_id = MlflowClient(store).create_run(MlflowClient(store).create_experiment(experiment)).info.run_id
+    kept = outbox.Outbox(tmp_path / outbox.FILENAME, MlflowClient("http://127.0.0.1:9"))  # nothing listens there
+    kept.log_inputs(run_id, inputs.records("mnist", tmp_path / "mnist.npz", "ab" * 32, {"train": 5, "test": 2}))
+    assert kept.path.exists()
+    assert outbox.replay(kept.path, MlflowClient(store)) == 1
+    found = {d.dataset.name: d for d in MlflowClient(store).get_run(run_id).inputs.dataset_inputs}
+    assert sorted(found) == ["mnist/test", "mnist/train"] and found["mnist/train"].dataset.digest == "ab" * 16
+    assert {t.key: t.value for t in found["mnist/test"].tags}["samples"] == "2"
