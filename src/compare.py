@@ -14,6 +14,7 @@ logged to that parent under compare/. Needs no browser: it reads the store direc
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import re
 import sys
@@ -218,8 +219,16 @@ def report(title: str, command: str, uri: str, summaries, header, rows, plot_nam
 
 
 def _slug(targets: list[str]) -> str:
+    """The output folder's name: the targets, letters of any script kept ("Größe", "学习率").
+
+    When a character had to go (a space, a slash) or the name was cut, a short hash of the full
+    text follows, so distinct targets never share a folder ("a b" vs "a-b").
+    """
     text = "_".join(t[:8] if RUN_ID.fullmatch(t) else t for t in targets)
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:80]
+    slug = re.sub(r"[^\w.-]+", "-", text).strip(".")[:80]  # \w: any script's letters and digits
+    if slug == text:
+        return slug
+    return f"{slug[:71]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 def main(argv: list[str] | None = None) -> int:

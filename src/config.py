@@ -169,6 +169,25 @@ def best(values, monitor: str, key=None):
     return (min if lower_is_better(monitor) else max)(values, key=key)
 
 
+def unquoted_non_ascii(argv: list[str]) -> str | None:
+    """The problem with the first override that has a non-ASCII character outside quotes, else None.
+
+    Hydra's override grammar takes such characters only in quoted values; unquoted, it fails with
+    a bare "LexerNoViableAltException" that does not say so.
+    """
+    flag_values = {"-cp", "-cn", "-cd", "--config-path", "--config-name", "--config-dir"}
+    for before, arg in zip([None, *argv], argv):
+        if arg.startswith("-") or before in flag_values:  # --multirun, -cn NAME, ...: not overrides
+            continue
+        if not re.sub(r"'[^']*'|\"[^\"]*\"", "", arg).isascii():
+            key, _, value = arg.partition("=")
+            return (
+                f"{arg}: Hydra reads non-ASCII characters only inside quotes.\n"
+                f"Fix: quote the value for Hydra, and the whole override for the shell: '{key}=\"{value}\"'"
+            )
+    return None
+
+
 def experiment_name(cfg) -> str:
     """tracking.experiment_name, else the dataset's name: MNIST and IMDB curves never share a chart."""
     return cfg.tracking.experiment_name or cfg.dataset.name

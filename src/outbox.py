@@ -1,7 +1,7 @@
 """What a run could not send to its tracking store, kept in a local file and imported later.
 
 A tracking server that goes down at hour 3 must not stop (or silently thin out) training:
-every metric batch, tag, artifact folder and the run's end status goes through `Outbox`. It
+every metric batch, tag, dataset input, artifact folder and the run's end status goes through `Outbox`. It
 sends each record at once (MLflow's HTTP client retries a few times first, see
 `store.connect`); a record that still fails is appended to a JSON-lines file, and once the
 store answers again the backlog is sent in order and the file removed. What is left at the end
@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Metric, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, RunTag
 from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,10 @@ class Outbox:
 
     def set_tag(self, run_id: str, key: str, value: str) -> None:
         self._send(run_id, {"op": "tags", "tags": {key: value}})
+
+    def log_inputs(self, run_id: str, inputs: list[dict]) -> None:
+        """Dataset inputs as `inputs.records` makes them: {"dataset": Dataset fields, "tags": {...}}."""
+        self._send(run_id, {"op": "inputs", "inputs": inputs})
 
     def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
         """Upload a folder; kept as a copy beside the file when the upload fails (local_dir may be temporary)."""
@@ -109,6 +113,12 @@ def _apply(client: MlflowClient, run_id: str, record: dict) -> None:
         client.log_batch(run_id, metrics=[Metric(k, float(v), int(t), int(s)) for k, v, t, s in record["metrics"]])
     elif op == "tags":
         client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in record["tags"].items()])
+    elif op == "inputs":
+        datasets = [
+            DatasetInput(Dataset(**i["dataset"]), [InputTag(k, v) for k, v in i["tags"].items()])
+            for i in record["inputs"]
+        ]
+        client.log_inputs(run_id, datasets=datasets)
     elif op == "artifacts":
         client.log_artifacts(run_id, record["local_dir"], record["artifact_path"])
     elif op == "end":

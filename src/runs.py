@@ -59,22 +59,30 @@ def run(
     parent_run_id: str | None = None,
     resume_run_id: str | None = None,
     outbox: Outbox | None = None,
+    system_metrics: float | None = None,
 ):
     """An MLflow run that always ends: FINISHED, FAILED (exception) or KILLED (Ctrl-C, SIGTERM, requeue).
 
     The reason of a failure goes into the `failure_reason` tag; metrics logged so far stay.
     `resume_run_id` reopens that run (a requeued job continues its run) instead of starting one.
     With an `outbox`, a store that stopped answering gets the end (and tag) later, from its file.
+    `system_metrics`: MLflow's system metrics (system/cpu_utilization_percentage, ...) every that many
+    seconds; None: off.
     """
+    if system_metrics is not None:
+        mlflow.set_system_metrics_sampling_interval(system_metrics)
     if resume_run_id and not _resumable(resume_run_id, experiment_id):
         resume_run_id = None
     if resume_run_id:
         mlflow.set_experiment(experiment_id=experiment_id)  # start_run refuses a run outside the active experiment
-        active = mlflow.start_run(run_id=resume_run_id, tags=tags)
+        active = mlflow.start_run(run_id=resume_run_id, tags=tags, log_system_metrics=system_metrics is not None)
         with contextlib.suppress(mlflow.exceptions.MlflowException):  # the reason of the last stop
             MlflowClient().delete_tag(resume_run_id, "failure_reason")
     else:
-        active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, parent_run_id=parent_run_id)
+        active = mlflow.start_run(
+            experiment_id=experiment_id, run_name=run_name, tags=tags, parent_run_id=parent_run_id,
+            log_system_metrics=system_metrics is not None,
+        )
     uri = mlflow.get_tracking_uri()
     log.info(
         "MLflow run %s (%s) in experiment %s at %s%s",

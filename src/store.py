@@ -59,12 +59,24 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
 
 
+# MLflow 3's UI opens an experiment on its GenAI pages (traces, agent versions); this query switches its sidebar to
+# "Model training" (runs, models) and is remembered by the browser.
+MODEL_TRAINING_VIEW = "?workflowType=machine_learning"
+
+
 def ui_links(experiment_id: str, run_id: str | None = None, base: str = "http://127.0.0.1:5000") -> str:
-    """Direct links into the MLflow UI: the experiment's run table (MLflow 3 opens on its GenAI pages otherwise)."""
-    links = f"{base}/#/experiments/{experiment_id}/runs"
+    """Direct links into the MLflow UI, in its "Model training" view: the experiment's run table, and the run."""
+    links = f"{base}/#/experiments/{experiment_id}/runs{MODEL_TRAINING_VIEW}"
     if run_id:
-        links += f" ; this run: {base}/#/experiments/{experiment_id}/runs/{run_id}"
+        links += f" ; this run: {base}/#/experiments/{experiment_id}/runs/{run_id}{MODEL_TRAINING_VIEW}"
     return links
+
+
+def ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
+    """What a run prints at its start and end: how to open the UI, and links to its run table and its page."""
+    base = redact(uri).rstrip("/") if is_server(uri) else "http://127.0.0.1:5000"
+    table, run = ui_links(experiment_id, run_id, base).split(" ; this run: ")
+    return f"MLflow UI: {ui_command(uri)}\n  runs table: {table}\n  this run:   {run}"
 
 
 def check(uri: str) -> None:

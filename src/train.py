@@ -78,7 +78,8 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
     import keras
     import mlflow
 
-    from . import batches, data, hardware, models, outbox, preflight, provenance, redaction, resume, runs, store, sweep
+    from . import (batches, data, hardware, inputs, models, outbox, preflight, provenance, redaction, resume, runs,
+                   store, sweep)
 
     models.check(cfg.model, cfg.optimizer)
     preflight.check_folder(workdir, "output folder", preflight.OUTPUT_FIX)
@@ -100,10 +101,16 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
     backup = resume.for_run(cfg, chosen.value, ds.sha256, workdir, job.num)
     # Records the store does not take (a server lost mid-run) are kept here, to import later.
     kept = outbox.Outbox(workdir / outbox.FILENAME)
+    system_metrics = cfg.tracking.system_metrics_interval if cfg.tracking.system_metrics else None
     with runs.run(
-        experiment_id, job.name or cfg.model.name, run_tags, parent_run_id, resume_run_id=backup.run_id, outbox=kept
+        experiment_id, job.name or cfg.model.name, run_tags, parent_run_id, resume_run_id=backup.run_id, outbox=kept,
+        system_metrics=system_metrics,
     ) as run:
         backup.record_run(run.info.run_id)
+        ui = store.ui_hint(mlflow.get_tracking_uri(), experiment_id, run.info.run_id)
+        log.info(ui)
+        # the file's sha256 per split: the UI's Dataset column
+        kept.log_inputs(run.info.run_id, inputs.records(cfg.dataset.name, ds.path, ds.sha256, ds.sizes))
         mlflow.log_params({**redaction.params(cfg), "backend": chosen.value})  # as resolved, not null
         with scope:
             model = models.build_model(cfg.model, ds.spec)
@@ -146,6 +153,7 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
         log.info("First 10 test predictions:\n%s", predictions)
         _log_artifacts(cfg, history, predictions, model, workdir, kept, run.info.run_id)
     backup.discard()  # the run is FINISHED: nothing left to resume
+    log.info(ui)
 
     return float(config.best(history[cfg.trainer.monitor], cfg.trainer.monitor))
 
@@ -211,12 +219,32 @@ def _log_artifacts(cfg, history, predictions, model, workdir: Path, kept, run_id
         (tmp / "config.yaml").write_text(redaction.config_yaml(cfg))
         (tmp / "predictions.csv").write_text(predictions + "\n")
         plots.history(history, tmp / "plots" / "history.png", title=f"{cfg.model.name} on {cfg.dataset.name}")
-        if cfg.tracking.log_model:
-            (tmp / "model").mkdir()
-            model.save(tmp / "model" / "model.keras")  # load with keras.saving.load_model (safe mode)
         if (workdir / ".hydra").is_dir():  # scrubbed copies: the command line may hold a secret
             redaction.hydra_files(workdir / ".hydra", tmp / "hydra")
         kept.log_artifacts(run_id, tmp)
+    if cfg.tracking.log_model:
+        _log_model(model, kept, run_id)
+
+
+def _log_model(model, kept, run_id: str) -> None:
+    """The model through MLflow's Keras flavour: "Logged models" in the UI, mlflow.keras.load_model("runs:/<id>/model").
+
+    A store that does not take it gets the same MLflow model folder as the run's model/ artifacts through the
+    outbox (kept on disk until imported); runs:/<id>/model then loads it from there.
+    """
+    import mlflow
+
+    # explicit requirements: inferring them would start a subprocess that imports the backend again
+    requirements = mlflow.keras.get_default_pip_requirements()
+    try:
+        mlflow.keras.log_model(model, name="model", pip_requirements=requirements)
+        return
+    except Exception as err:  # MlflowException from an unreachable server, OSError from an artifact store
+        log.warning("MLflow did not take the model (%s: %s); keeping it for the outbox", type(err).__name__,
+                    str(err).splitlines()[0][:300] if str(err) else "")
+    with tempfile.TemporaryDirectory() as tmp:  # the outbox copies what it could not upload beside its file
+        mlflow.keras.save_model(model, f"{tmp}/model", pip_requirements=requirements)
+        kept.log_artifacts(run_id, Path(tmp) / "model", "model")
 
 
 def _run_name(hc) -> str:
@@ -228,4 +256,7 @@ def _run_name(hc) -> str:
 
 
 if __name__ == "__main__":
+    if hint := config.unquoted_non_ascii(sys.argv[1:]):  # before Hydra, whose own error does not say why
+        print(f"Error: {hint}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -83,3 +83,13 @@ def test_missing_store_is_a_clear_error(tmp_path, capsys):
     assert compare.main(["le5", "--tracking-uri", uri]) == 2
     assert "there is no tracking store" in capsys.readouterr().err
     assert not (tmp_path / "nothing").exists()  # looking does not create a store
+
+
+def test_output_folder_names_keep_unicode_and_never_collide():
+    names = ["Größe", "Grösse", "Gr-e", "Gr e", "Gr/e", "学习率", "学习率 2", "a" * 100, "a" * 99 + "b", "..", "mnist_lr"]
+    slugs = [compare._slug([n]) for n in names]
+    assert len(set(slugs)) == len(names), slugs
+    assert compare._slug(["Größe"]) == "Größe" and compare._slug(["学习率"]) == "学习率"
+    assert compare._slug(["mnist_lr"]) == "mnist_lr"  # plain names stay as they were
+    assert compare._slug(["Gr/e"]).startswith("Gr-e-") and compare._slug(["Gr/e"]) == compare._slug(["Gr/e"])
+    assert all("/" not in s and s not in (".", "..") and len(s) <= 80 for s in slugs)

@@ -315,7 +315,7 @@ def test_11_server_lost_mid_run_training_finishes_and_nothing_is_dropped(
         pending = output_dir / outbox.FILENAME
         records = [json.loads(line) for line in pending.read_text().splitlines()]
         ops = [r["op"] for r in records]
-        assert ops == ["metrics", "metrics", "metrics", "artifacts", "end"]  # epochs 2 and 3, test, files, end
+        assert ops == ["metrics", "metrics", "metrics", "artifacts", "artifacts", "end"]  # epochs 2, 3, test, files, model, end
         assert [r["metrics"][0][3] for r in records[:2]] == [2, 3]
         assert records[-1]["status"] == "FINISHED"
         assert f"python -m src.outbox import {pending}" in caplog.text
@@ -324,7 +324,7 @@ def test_11_server_lost_mid_run_training_finishes_and_nothing_is_dropped(
         result = subprocess.run([sys.executable, "-m", "src.outbox", "import", str(pending)], cwd=ROOT,
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
-        assert "imported 5 records" in result.stdout
+        assert "imported 6 records" in result.stdout
         assert not pending.exists()
 
         client = MlflowClient(server.uri)
@@ -335,6 +335,8 @@ def test_11_server_lost_mid_run_training_finishes_and_nothing_is_dropped(
         assert {"test_loss", "test_accuracy"} <= set(run.data.metrics)
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"model", "plots", "config.yaml", "predictions.csv"} <= artifacts  # no .hydra in-process
+        mlflow.set_tracking_uri(server.uri)
+        assert mlflow.keras.load_model(f"runs:/{run.info.run_id}/model").output_shape == (None, 10)  # the kept model
     finally:
         server.kill()
         mlflow.set_tracking_uri("sqlite:///" + str(tmp_path / "unused.db"))  # later tests set their own
