@@ -2,7 +2,9 @@
 
 SIGTERM (SLURM's time limit, preemption, scancel) becomes an exception like Ctrl-C, so the run ends
 KILLED with its reason. Epoch metrics are sent by one background thread (`send_later`), in order;
-ending a run first waits for that queue. Imports MLflow, never Keras.
+ending a run first waits for that queue. A process killed too hard to end its run (SIGKILL, a lost
+node) leaves it RUNNING: its owner tags and heartbeat let the next process end it (src/liveness.py).
+Imports MLflow, never Keras.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import mlflow
-from mlflow.entities import Metric
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
-from . import store
+from . import liveness, store
 from .outbox import Outbox
 from .outbox import import_command as outbox_import_command
 from .redaction import redact
@@ -65,10 +67,19 @@ def run(
     The reason of a failure goes into the `failure_reason` tag; metrics logged so far stay.
     `resume_run_id` reopens that run (a requeued job continues its run) instead of starting one.
     With an `outbox`, a store that stopped answering gets the end (and tag) later, from its file.
+    First, runs of the experiment left RUNNING by a dead process are ended FAILED (src/liveness.py).
     """
+    client = MlflowClient()
+    try:
+        liveness.reconcile(client, [experiment_id])
+    except mlflow.exceptions.MlflowException as err:  # never a reason not to train
+        log.warning("Could not check the experiment for runs left RUNNING: %s", err)
+    tags = {**tags, **liveness.owner_tags()}
     if resume_run_id and not _resumable(resume_run_id, experiment_id):
         resume_run_id = None
     if resume_run_id:
+        # This process owns the run before it is RUNNING again, so a concurrent reconcile never ends it.
+        client.log_batch(resume_run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         mlflow.set_experiment(experiment_id=experiment_id)  # start_run refuses a run outside the active experiment
         active = mlflow.start_run(run_id=resume_run_id, tags=tags)
         with contextlib.suppress(mlflow.exceptions.MlflowException):  # the reason of the last stop
@@ -81,6 +92,7 @@ def run(
         run_name, active.info.run_id, experiment_id, redact(uri), " (resumed)" if resume_run_id else "",
     )
     restore = _sigterm_raises()
+    heartbeat = liveness.Heartbeat(client, active.info.run_id).start()  # within long epochs
     try:
         yield active
     except (KeyboardInterrupt, SystemExit) as err:  # SystemExit: submitit's requeue exits so
@@ -93,6 +105,7 @@ def run(
         _end(active, "FINISHED", None, outbox)
         log.info("Run %s FINISHED. Compare runs: %s", active.info.run_id, store.ui_command(uri))
     finally:
+        heartbeat.stop()
         restore()
         if outbox is not None and outbox.path.exists():
             log.warning(
