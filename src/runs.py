@@ -17,7 +17,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import mlflow
-from mlflow.entities import Metric, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from . import liveness, store
@@ -113,6 +113,20 @@ def run(
                 "Import them when it answers again: %s", redact(uri), active.info.run_id, outbox.path,
                 outbox_import_command(outbox.path),
             )
+
+
+def log_params(active, params: dict[str, str]) -> None:
+    """Log the run's config. A resumed run keeps the values it was started with (MLflow refuses to change
+    a param); one given differently now (trainer.backup_dir, more trainer.epochs, another tracking or
+    data path: none of them changes the training) is kept as a `resumed.<key>` tag instead."""
+    before = active.data.params  # empty for a new run
+    changed = {k: v for k, v in params.items() if k in before and before[k] != v[:6000]}
+    client = MlflowClient()
+    client.log_batch(
+        active.info.run_id,
+        params=[Param(k, v) for k, v in params.items() if k not in before],
+        tags=[RunTag(f"resumed.{k}"[:250], v[:5000]) for k, v in changed.items()],
+    )
 
 
 def _resumable(run_id: str, experiment_id: str) -> bool:

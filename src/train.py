@@ -111,7 +111,7 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
         experiment_id, job.name or cfg.model.name, run_tags, parent_run_id, resume_run_id=backup.run_id, outbox=kept
     ) as run:
         backup.record_run(run.info.run_id)
-        mlflow.log_params(redaction.params(cfg))
+        runs.log_params(run, redaction.params(cfg))  # a resumed run keeps its first values
         with scope:
             model = models.build_model(cfg.model, ds.spec)
             model.compile(
