@@ -22,6 +22,7 @@ SLOW = ["trainer.batch_size=4", "trainer.verbose=0"]
 
 
 def start(args: list[str], cwd: Path, module: str = "src.train") -> subprocess.Popen:
+    cwd.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=ENV, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
