@@ -159,6 +159,6 @@ def reconcile(client: MlflowClient, experiment_ids: list[str] | None = None) -> 
         reason = f"Found dead by a later process: {reason}"
         client.set_tag(run.info.run_id, "failure_reason", reason)
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
-        log.warning("Run %s (%s) was left RUNNING; ended FAILED: %s", run.info.run_name, run.info.run_id, reason)
+        log.warning("Run %s was left RUNNING; ended FAILED: %s", run.info.run_id, reason)
         ended.append(run.info.run_id)
     return ended
