@@ -150,3 +150,16 @@ def test_a_sweep_whose_driver_died_is_ended(data_dir, store, experiment, tmp_pat
         assert found.info.status == "FAILED"
         assert expected in found.data.tags["failure_reason"]
     assert child.data.metrics["loss"] > 0  # its epochs stay
+
+
+def test_every_epoch_beats(store, experiment):
+    """MLflowMetrics refreshes the heartbeat at each epoch's end (on the sender thread)."""
+    from src import callbacks
+
+    client = MlflowClient(store)
+    run_id = client.create_run(client.create_experiment(experiment), tags={liveness.HEARTBEAT: "0"}).info.run_id
+    metrics = callbacks.MLflowMetrics(run_id, client=client)
+    metrics.on_epoch_begin(0)
+    metrics.on_epoch_end(0, {"loss": 0.5})
+    metrics.on_train_end()
+    assert time.time() - float(client.get_run(run_id).data.tags[liveness.HEARTBEAT]) < 5
