@@ -39,6 +39,8 @@ def check_resumed(client, experiment, run_id, backup, output):
     assert finished.info.run_id == run_id, output  # the same run, not a new one
     assert finished.info.status == "FINISHED"
     assert "failure_reason" not in finished.data.tags
+    assert finished.data.params["trainer.backup_dir"] == "None"  # the first start's value stays,
+    assert finished.data.tags["resumed.trainer.backup_dir"] == str(backup)  # the resume's is a tag
     assert steps(client, run_id) == {k: [1, 2, 3, 4] for k in KEYS}  # each epoch exactly once
     loss = {m.step: m.value for m in client.get_metric_history(run_id, "loss")}
     # Epoch 3 continued from epoch 2's weights: a restart from scratch would be back near epoch 1's loss.
