@@ -10,7 +10,7 @@ import keras
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from . import runs
+from . import liveness, runs
 from .outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,9 @@ class MLflowMetrics(keras.callbacks.Callback):
         if metrics:
             send = self.client.log_batch if self.outbox is None else self.outbox.log_metrics
             self._pending.append(runs.send_later(send, self.run_id, metrics))
+        if self.outbox is None or not self.outbox.path.exists():  # no beat into a store known to be lost
+            # Every epoch, on the sender thread: the run's owner is alive (src/liveness.py).
+            self._pending.append(runs.send_later(liveness.beat, self.client, self.run_id))
 
     def on_train_end(self, logs=None):
         pending, self._pending = self._pending, []

@@ -26,7 +26,7 @@ from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from . import config, plots, store
+from . import config, liveness, plots, store
 from .paths import PROJECT_ROOT
 from .tables import markdown_table, text_table
 
@@ -259,6 +259,7 @@ def _compare(args, uri: str) -> int:
         raise CompareError(f"there is no tracking store at {uri}.\nFix: train first, or pass --tracking-uri.")
     client = MlflowClient(uri)
     try:
+        liveness.reconcile(client)  # a run whose process died is shown FAILED, not RUNNING forever
         summaries = [summarise(client, r) for r in resolve(client, args.targets, args.last)]
     except MlflowException as err:
         raise CompareError(f"the tracking store {uri} refused the query: {err.message}") from err

@@ -2,7 +2,9 @@
 
 SIGTERM (SLURM's time limit, preemption, scancel) becomes an exception like Ctrl-C, so the run ends
 KILLED with its reason. Epoch metrics are sent by one background thread (`send_later`), in order;
-ending a run first waits for that queue. Imports MLflow, never Keras.
+ending a run first waits for that queue. A process killed too hard to end its run (SIGKILL, a lost
+node) leaves it RUNNING: its owner tags and heartbeat let the next process end it (src/liveness.py).
+Imports MLflow, never Keras.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import mlflow
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from . import store
+from . import liveness, store
 from .outbox import Outbox
 from .outbox import import_command as outbox_import_command
 from .redaction import redact
@@ -67,13 +69,22 @@ def run(
     `resume_run_id` reopens that run (a requeued job continues its run) instead of starting one.
     With an `outbox`, a store that stopped answering gets the end (and tag) later, from its file.
     `system_metrics`: MLflow's system metrics (system/cpu_utilization_percentage, ...) every that many
-    seconds; None: off.
+    seconds; None: off. First, runs of the experiment left RUNNING by a dead process are ended FAILED
+    (src/liveness.py).
     """
     if system_metrics is not None:
         mlflow.set_system_metrics_sampling_interval(system_metrics)
+    client = MlflowClient()
+    try:
+        liveness.reconcile(client, [experiment_id])
+    except mlflow.exceptions.MlflowException as err:  # never a reason not to train
+        log.warning("Could not check the experiment for runs left RUNNING: %s", err)
+    tags = {**tags, **liveness.owner_tags()}
     if resume_run_id and not _resumable(resume_run_id, experiment_id):
         resume_run_id = None
     if resume_run_id:
+        # This process owns the run before it is RUNNING again, so a concurrent reconcile never ends it.
+        client.log_batch(resume_run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         mlflow.set_experiment(experiment_id=experiment_id)  # start_run refuses a run outside the active experiment
         active = mlflow.start_run(run_id=resume_run_id, tags=tags, log_system_metrics=system_metrics is not None)
         with contextlib.suppress(mlflow.exceptions.MlflowException):  # the reason of the last stop
@@ -89,6 +100,7 @@ def run(
         run_name, active.info.run_id, experiment_id, redact(uri), " (resumed)" if resume_run_id else "",
     )
     restore = _sigterm_raises()
+    heartbeat = liveness.Heartbeat(client, active.info.run_id).start()  # within long epochs
     try:
         yield active
     except (KeyboardInterrupt, SystemExit) as err:  # SystemExit: submitit's requeue exits so
@@ -101,6 +113,7 @@ def run(
         _end(active, "FINISHED", None, outbox)
         log.info("Run %s FINISHED. Compare runs: %s", active.info.run_id, store.ui_command(uri))
     finally:
+        heartbeat.stop()
         restore()
         if outbox is not None and outbox.path.exists():
             log.warning(
@@ -108,6 +121,20 @@ def run(
                 "Import them when it answers again: %s", redact(uri), active.info.run_id, outbox.path,
                 outbox_import_command(outbox.path),
             )
+
+
+def log_params(active, params: dict[str, str]) -> None:
+    """Log the run's config. A resumed run keeps the values it was started with (MLflow refuses to change
+    a param); one given differently now (trainer.backup_dir, more trainer.epochs, another tracking or
+    data path: none of them changes the training) is kept as a `resumed.<key>` tag instead."""
+    before = active.data.params  # empty for a new run
+    changed = {k: v for k, v in params.items() if k in before and before[k] != v[:6000]}
+    client = MlflowClient()
+    client.log_batch(
+        active.info.run_id,
+        params=[Param(k, v) for k, v in params.items() if k not in before],
+        tags=[RunTag(f"resumed.{k}"[:250], v[:5000]) for k, v in changed.items()],
+    )
 
 
 def _resumable(run_id: str, experiment_id: str) -> bool:

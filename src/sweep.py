@@ -18,7 +18,6 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import os
 import shutil
 import signal
 import socket
@@ -73,7 +72,7 @@ class MLflowSweep(Callback):
     def _start(self, config: DictConfig) -> None:
         from mlflow.tracking import MlflowClient
 
-        from . import store
+        from . import liveness, store
         from .config import experiment_name
 
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
@@ -94,9 +93,10 @@ class MLflowSweep(Callback):
             "sweep.dir": str(self.sweep_dir),
             "sweep.overrides": json.dumps(list(config.hydra.overrides.task)),
             "host": socket.gethostname(),
+            # The driver owns the parent: if it dies hard, a later train/compare ends the parent FAILED.
+            # With slurm.job_id when the driver itself is a job (slurm/sweep.sbatch).
+            **liveness.owner_tags(),
         }
-        if os.environ.get("SLURM_JOB_ID"):  # the driver itself is a job (slurm/sweep.sbatch)
-            tags["slurm.job_id"] = os.environ["SLURM_JOB_ID"]
         with handle:
             try:
                 run = MlflowClient(uri).create_run(experiment_id, tags=tags, run_name=f"sweep {self.sweep_dir.name}")
@@ -104,6 +104,7 @@ class MLflowSweep(Callback):
                 record.unlink()  # no half-made record for the jobs to trip over
                 raise
             self.parent_run_id = run.info.run_id
+            self._heartbeat = liveness.Heartbeat(MlflowClient(uri), self.parent_run_id).start()
             json.dump({"run_id": self.parent_run_id, "experiment_id": experiment_id, "tracking_uri": uri}, handle)
         log.info("MLflow parent run %s for the sweep in %s", self.parent_run_id, self.sweep_dir)
         self._uri = uri
@@ -129,6 +130,7 @@ class MLflowSweep(Callback):
         from mlflow.tracking import MlflowClient
 
         self._ended = True
+        self._heartbeat.stop()
         client = MlflowClient(self._uri)
         children = _children(client, self.parent_run_id)
         if status != "FINISHED":

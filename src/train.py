@@ -13,6 +13,7 @@ of `trainer.monitor` (default val_loss), so Hydra sweepers can optimise it.
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class Job:
     name: str | None = None  # the MLflow run name; None: the model's name
     num: int | None = None  # a multirun job's number
     sweep_dir: Path | None = None  # a multirun's folder, where its MLflow parent run is recorded
+    backup_dir: Path | None = None  # set by `train`: the checkpoint folder, for the command that resumes
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -61,7 +63,16 @@ def main(cfg: DictConfig) -> float:
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (runs.Terminated)
         print("Interrupted: any MLflow run was ended KILLED, keeping the metrics logged so far.", file=sys.stderr)
+        if job.backup_dir and (job.backup_dir / "state.json").is_file():
+            print(f"Resume it (the same MLflow run, from its last finished epoch) with:\n  {resume_command(job)}",
+                  file=sys.stderr)
         sys.exit(130)
+
+
+def resume_command(job: Job) -> str:
+    """The command line that resumes `job`: its overrides, with trainer.backup_dir naming its checkpoint."""
+    kept = [o for o in job.overrides if o.lstrip("+~").split("=", 1)[0] != "trainer.backup_dir"]
+    return shlex.join(["python", "-m", "src.train", *kept, f"trainer.backup_dir={job.backup_dir}"])
 
 
 def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
@@ -99,6 +110,7 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
                 loop.TAG: resolved.loop.value}
     # Checkpoint of the last finished epoch, in a folder a requeued SLURM job finds again.
     backup = resume.for_run(cfg, chosen.value, ds.sha256, workdir, job.num)
+    job.backup_dir = backup.folder
     # Records the store does not take (a server lost mid-run) are kept here, to import later.
     kept = outbox.Outbox(workdir / outbox.FILENAME)
     system_metrics = cfg.tracking.system_metrics_interval if cfg.tracking.system_metrics else None
@@ -111,7 +123,7 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
         log.info(ui)
         # the file's sha256 per split: the UI's Dataset column
         kept.log_inputs(run.info.run_id, inputs.records(cfg.dataset.name, ds.path, ds.sha256, ds.sizes))
-        mlflow.log_params({**redaction.params(cfg), "backend": chosen.value})  # as resolved, not null
+        runs.log_params(run, {**redaction.params(cfg), "backend": chosen.value})  # a resumed run keeps its first values
         with scope:
             model = models.build_model(cfg.model, ds.spec)
             model.compile(
