@@ -187,7 +187,7 @@ def test_07_corrupt_npz_names_the_file_and_suggests_downloading_again(args, expe
 
 
 def test_08_nan_loss_stops_at_once_and_fails_the_run(args, experiment, capfd):
-    code, output = main([*args, "optimizer=sgd", "optimizer.learning_rate=1e6", "trainer.epochs=20"], capfd)
+    code, output = main([*args, "optimizer=sgd", "optimizer.learning_rate=1e30", "trainer.epochs=20"], capfd)
     assert code == 2, output
     assert "Invalid loss, terminating training" in output  # TerminateOnNaN, mid-epoch
     [run] = runs(experiment)
