@@ -34,7 +34,7 @@ def launch(processes: int, uri: str, data_dir: Path, experiment: str, folder: Pa
         log = open(folder / f"job-{i}.log", "w")
         command = [
             sys.executable, "-m", "src.train", f"data_dir={data_dir}", f"tracking.tracking_uri={uri}",
-            f"tracking.experiment_name={experiment}", "dataset.download=false", "hardware=cpu",
+            f"tracking.experiment_name={experiment}", "dataset.download=false", "dataset.sha256=null", "hardware=cpu",
             f"trainer.epochs={epochs}", "dataset.validation_size=100", "trainer.batch_size=64", f"seed={i}",
             f"hydra.run.dir={folder / f'job-{i}'}",
         ]
