@@ -10,8 +10,8 @@ steady-state epoch time (epochs 2..N; epoch 1 also traces/compiles the step func
 taken per round (sides that ran back to back), then the median over the rounds.
 Targets: src.train / plain Keras on the same backend <= 1.05; the fastest backend's src.train
 <= 0.6x the plain TensorFlow script's epoch.
---profile adds src.train sides without its per-epoch callbacks (MLflow, backup checkpoint), and on
-TensorFlow one with jit_compile=false, to find where an overhead comes from.
+--profile adds src.train sides without its per-epoch callbacks (MLflow, backup checkpoint), to find where an
+overhead comes from (each project run also times its callbacks from inside: mlflow_callback_s, backup_callback_s).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def main() -> None:
     p = h.parser(__doc__.splitlines()[0], repeats=3)
     h.backend_option(p)
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--profile", action="store_true", help="also src.train without callbacks / without XLA")
+    p.add_argument("--profile", action="store_true", help="also src.train without its per-epoch callbacks")
     args = p.parse_args()
     data = h.data_dir(args)
     backends = h.backends(args)
@@ -44,9 +44,6 @@ def main() -> None:
             if args.profile:
                 sides[f"src.train, no callbacks ({b})"] = lambda o=project: h.spawn(
                     ["project", *ws.project_overrides(*o), "--no-mlflow-callback", "--no-backup-callback"], env)
-                if b == "tensorflow":
-                    sides[f"src.train, jit_compile=false ({b})"] = lambda o=project: h.spawn(
-                        ["project", *ws.project_overrides(*o, "hardware.jit_compile=false")], env)
         raw = h.alternate(sides, args.repeats)
     finally:
         ws.close()

@@ -7,7 +7,7 @@ parent adds wall time and peak resident memory. The plain-Keras modes run on $KE
   import_tf            bare `import tensorflow`, nothing else
   project OVERRIDES    the project's CLI (`python -m src.train OVERRIDES`) in this process, with
                        a timing callback added; --no-mlflow-callback drops MLflowMetrics,
-                       --no-backup-callback drops the per-epoch checkpoint (resume.Backup)
+                       --no-backup-callback keeps resume.Backup's epoch logs but skips its weights file
   lab_mnist EPOCHS DIR     the lab's MNIST code: numpy float32 arrays, Sequential, model.fit
   lab_imdb EPOCHS DIR      the lab's IMDB code: float64 multi-hot built with a Python loop, then fit
   dense_imdb EPOCHS DIR    IMDB as one dense float32 multi-hot matrix per split (vectorised), then fit
@@ -86,8 +86,13 @@ def project(argv: list[str]) -> None:
         from src import callbacks as cb
         from src import resume
 
-        dropped = tuple(kind for flag, kind in (("--no-mlflow-callback", cb.MLflowMetrics),
-                                                ("--no-backup-callback", resume.Backup)) if flag in drop)
+        dropped = (cb.MLflowMetrics,) if "--no-mlflow-callback" in drop else ()
+        if "--no-backup-callback" in drop:
+            # train() reads the history back from the backup: keep the epochs' logs, skip the weights file
+            def light(self, epoch, logs=None):
+                self.state = {**self.state, "epochs": [*self.epochs, cb.numeric_logs(logs)]}
+
+            resume.Backup.on_epoch_end = light
         if not getattr(cb.MLflowMetrics, "_bench_timed", False):
             # Each callback's own cost per epoch, measured directly (not as a noisy difference).
             _timed(cb.MLflowMetrics, "on_epoch_end", "mlflow_callback_s")
@@ -133,22 +138,27 @@ def _keras_home(data_dir: Path) -> None:
     os.environ["KERAS_HOME"] = str(home)
 
 
-def lab_mnist(epochs: int, data_dir: Path) -> None:
-    """The lab's code (Chollet, ch. 2), holding out the project's 5,000 validation images so both do equal work."""
-    _keras_home(data_dir)
+def lab_mnist(epochs: int, data_dir: Path, validation: int = 5000) -> None:
+    """The lab's code (Chollet, ch. 2), holding out the project's 5,000 validation images so both do equal work.
+
+    The file is read as keras.datasets.mnist.load_data reads it (np.load), without its download-and-hash step,
+    so a cut file (gpu_check.py --scale) works too.
+    """
     import keras
+    import numpy as np
     from keras import layers, models
 
     keras.utils.set_random_seed(42)
-    (train_images, train_labels), (test_images, test_labels) = keras.datasets.mnist.load_data()
-    train_images = train_images.reshape((60000, 28 * 28)).astype("float32") / 255
-    test_images = test_images.reshape((10000, 28 * 28)).astype("float32") / 255
+    with np.load(data_dir / "mnist.npz", allow_pickle=False) as f:
+        (train_images, train_labels), (test_images, test_labels) = (f["x_train"], f["y_train"]), (f["x_test"], f["y_test"])
+    train_images = train_images.reshape((len(train_images), 28 * 28)).astype("float32") / 255
+    test_images = test_images.reshape((len(test_images), 28 * 28)).astype("float32") / 255
     train_labels = keras.utils.to_categorical(train_labels)
     test_labels = keras.utils.to_categorical(test_labels)
     network = models.Sequential([keras.Input((28 * 28,)), layers.Dense(512, activation="relu"),
                                  layers.Dense(10, activation="softmax")])
     network.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])
-    v = 5000
+    v = validation
     _fit_report(network, train_images[v:], train_labels[v:], (train_images[:v], train_labels[:v]),
                 (test_images, test_labels), epochs, 128)
 
@@ -189,19 +199,21 @@ def lab_imdb(epochs: int, data_dir: Path) -> None:
     _fit_report(model, partial_x_train, partial_y_train, (x_val, y_val), (x_test, y_test), epochs, 512)
 
 
-def _imdb_project_splits(data_dir: Path):
+def _imdb_project_splits(data_dir: Path, validation: int = 10000):
     """IMDB as the project loads it (src.data: CSR multi-hot rows, the lab's split), without Keras."""
     from omegaconf import OmegaConf
 
     from src import config, data
 
     cfg = OmegaConf.merge(OmegaConf.structured(config.DatasetConfig), config.options("dataset")["imdb"])
+    cfg.sha256 = None  # a baseline: also cut or synthetic files (benchmarks/gpu_check.py --scale)
+    cfg.validation_size = validation
     return data.load(cfg, data_dir)
 
 
-def dense_imdb(epochs: int, data_dir: Path) -> None:
+def dense_imdb(epochs: int, data_dir: Path, validation: int = 10000) -> None:
     """Plain Keras on dense float32 multi-hot matrices (the lab's values, built vectorised)."""
-    ds = _imdb_project_splits(data_dir)
+    ds = _imdb_project_splits(data_dir, validation)
     dense = {name: (split.x.toarray(), split.y) for name, split in
              (("train", ds.train), ("val", ds.val), ("test", ds.test))}
     del ds
@@ -241,7 +253,7 @@ def main() -> None:
         else:
             runners = {"lab_mnist": lab_mnist, "lab_imdb": lab_imdb, "dense_imdb": dense_imdb,
                        "batches_imdb": batches_imdb}
-            runners[mode](int(rest[0]), Path(rest[1]))
+            runners[mode](int(rest[0]), Path(rest[1]), *map(int, rest[2:]))  # [VALIDATION]: held-out samples
     finally:
         _save()
 
