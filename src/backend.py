@@ -69,22 +69,10 @@ def activate(backend: Backend, hardware) -> None:
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # JAX's memory growth
     if backend != Backend.tensorflow and "tensorflow" not in sys.modules:
         # Keras imports TensorFlow whenever it is installed (to seed it, to look for tf.data inputs):
-        # 5-10 s and 0.7 GB for nothing on another backend. A finder that refuses the import makes it
-        # fail, which Keras treats as "not installed". Not sys.modules["tensorflow"] = None: Keras's
-        # in_tf_graph() takes "tensorflow" in sys.modules to mean TensorFlow is loaded and then imports it,
-        # so every preprocessing layer (Rescaling: the MNIST models) raised "This requires the tensorflow module".
-        if not any(isinstance(f, _RefuseTensorFlow) for f in sys.meta_path):
-            sys.meta_path.insert(0, _RefuseTensorFlow())
+        # 5-10 s and 0.7 GB for nothing on another backend. None in sys.modules makes that import fail,
+        # which Keras treats as "not installed".
+        sys.modules["tensorflow"] = None
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "Unable to initialize backend 'tpu'"
-
-
-class _RefuseTensorFlow:
-    """An import finder that makes `import tensorflow` (and its submodules) raise ImportError in this process."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name == "tensorflow" or name.startswith("tensorflow."):
-            raise ImportError(f"{name} is not imported under another Keras backend (src/backend.py)", name=name)
-        return None
 
 
 def version(backend: Backend) -> str:
