@@ -3,6 +3,7 @@ $KERAS_BACKEND once, at its first import."""
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.metadata
 import importlib.util
 import logging
@@ -67,12 +68,33 @@ def activate(backend: Backend, hardware) -> None:
             os.environ["JAX_PLATFORMS"] = "cpu"
     if backend == Backend.jax and hardware.memory_growth:
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # JAX's memory growth
-    if backend != Backend.tensorflow and "tensorflow" not in sys.modules:
-        # Keras imports TensorFlow whenever it is installed (to seed it, to look for tf.data inputs):
-        # 5-10 s and 0.7 GB for nothing on another backend. None in sys.modules makes that import fail,
-        # which Keras treats as "not installed".
-        sys.modules["tensorflow"] = None
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "Unable to initialize backend 'tpu'"
+
+
+class _RefuseTensorflow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" or name.startswith("tensorflow."):
+            raise ModuleNotFoundError(f"No module named {name!r} (not imported on another backend)")
+        return None
+
+
+def set_random_seed(backend: Backend, seed: int) -> None:
+    """keras.utils.set_random_seed without importing TensorFlow on another backend.
+
+    Keras seeds TensorFlow whenever it is installed (5-10 s and 0.7 GB on a JAX or PyTorch run). With
+    TensorFlow unimportable during the call, Keras records it as unavailable for the rest of the process.
+    """
+    import keras
+
+    if backend == Backend.tensorflow or "tensorflow" in sys.modules:
+        keras.utils.set_random_seed(seed)
+        return
+    finder = _RefuseTensorflow()
+    sys.meta_path.insert(0, finder)
+    try:
+        keras.utils.set_random_seed(seed)
+    finally:
+        sys.meta_path.remove(finder)
 
 
 def version(backend: Backend) -> str:

@@ -237,11 +237,6 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
-    def dense_rows(self, stop: int) -> np.ndarray:
-        """The first `stop` samples as the model takes them (multi-hot rows made dense)."""
-        x = self.x[:stop]
-        return x.toarray() if scipy.sparse.issparse(x) else x
-
 
 @dataclass
 class Data:
@@ -367,7 +362,7 @@ def _with_bigrams(rows, words, raw, num_words: int, num_bins: int):
 # Command line: python -m src.data {download,check}
 
 
-def _datasets() -> dict[str, object]:
+def datasets() -> dict[str, object]:
     """Every dataset option in conf/dataset, as its schema-checked config."""
     from omegaconf import OmegaConf
 
@@ -376,17 +371,17 @@ def _datasets() -> dict[str, object]:
 
 
 def _cli(argv: list[str] | None = None) -> int:
-    datasets = _datasets()
+    found = datasets()
     parser = argparse.ArgumentParser(prog="python -m src.data", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["download", "check"])
-    parser.add_argument("--dataset", choices=[*sorted(datasets), "all"], default="all")
+    parser.add_argument("--dataset", choices=[*sorted(found), "all"], default="all")
     parser.add_argument("--data-dir", default=None, help=f"default: ${DATA_DIR_ENV}, else {PROJECT_ROOT / 'data'}")
     args = parser.parse_args(argv)
     directory = data_dir(args.data_dir)
-    names = sorted(datasets) if args.dataset == "all" else [args.dataset]
+    names = sorted(found) if args.dataset == "all" else [args.dataset]
     status = 0
     for name in names:
-        cfg = datasets[name]
+        cfg = found[name]
         path = directory / cfg.file
         if args.command == "download" and not path.is_file():
             try:

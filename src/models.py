@@ -11,6 +11,7 @@ import keras
 from keras import layers
 
 from .config import ConfigError
+from .batches import sparse_inputs
 from .data import InputSpec
 
 
@@ -72,7 +73,8 @@ def _inputs(spec: InputSpec):
     if spec.scale:
         inputs = keras.Input(shape=spec.shape, dtype="uint8", name="pixels")
         return inputs, layers.Rescaling(1.0 / spec.scale)(inputs)
-    inputs = keras.Input(shape=spec.shape, name="multi_hot")
+    # sparse on TensorFlow: the first Dense layer multiplies only the words present (src/batches.py)
+    inputs = keras.Input(shape=spec.shape, sparse=sparse_inputs(), name="multi_hot")
     return inputs, inputs
 
 

@@ -67,11 +67,8 @@ def ui_links(experiment_id: str, run_id: str | None = None, base: str = "http://
     return links
 
 
-def connect(uri: str, experiment_name: str) -> str:
-    """Check that the store answers and return the experiment's id, creating it if needed.
-
-    Runs before any data is loaded, so an unreachable server or an unwritable folder costs seconds.
-    """
+def check(uri: str) -> None:
+    """Refuse a store that cannot be used: not a URI, a server that does not answer, an unwritable folder."""
     if not uri.startswith(STORE_SCHEMES) and not Path(uri).is_absolute():
         raise TrackingError(
             f"tracking.tracking_uri={uri!r} is not a tracking store URI.\n"
@@ -99,10 +96,18 @@ def connect(uri: str, experiment_name: str) -> str:
             "tracking store's folder",
             "free space or fix its permissions, or set tracking.tracking_uri / MLFLOW_TRACKING_URI to a writable place.",
         )
+
+
+def connect(uri: str, experiment_name: str) -> str:
+    """Check that the store answers and return the experiment's id, creating it if needed.
+
+    Runs before any data is loaded, so an unreachable server or an unwritable folder costs seconds.
+    """
+    check(uri)
     mlflow.set_tracking_uri(uri)
     try:
-        with _first_use_lock(database):
-            return _experiment_id(database, experiment_name)
+        with _first_use_lock(sqlite_path(uri)):
+            return _experiment_id(sqlite_path(uri), experiment_name)
     except mlflow.exceptions.MlflowException as err:
         raise TrackingError(
             f"the tracking store {redact(uri)} cannot be used for experiment {experiment_name!r}: "

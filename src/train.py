@@ -85,7 +85,7 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
 
     keras.backend.clear_session()  # each multirun job starts from a clean state
     scope, device = hardware.setup(cfg.hardware, chosen)
-    keras.utils.set_random_seed(cfg.seed)
+    backend.set_random_seed(chosen, cfg.seed)
     ds = data.load(cfg.dataset, data.data_dir(cfg.data_dir))
     log.info("Data: %s (%s, sha256 %s)", ", ".join(f"{k} {n}" for k, n in ds.sizes.items()), ds.path, ds.sha256[:12])
 
@@ -99,7 +99,7 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
         experiment_id, job.name or cfg.model.name, run_tags, parent_run_id, resume_run_id=backup.run_id, outbox=kept
     ) as run:
         backup.record_run(run.info.run_id)
-        mlflow.log_params(redaction.params(cfg))
+        mlflow.log_params({**redaction.params(cfg), "backend": chosen.value})  # as resolved, not null
         with scope:
             model = models.build_model(cfg.model, ds.spec)
             model.compile(
@@ -127,7 +127,7 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
         test = model.evaluate(**batches.fit_args(ds.test, batch_size), return_dict=True, verbose=0)
         runs.log_final_metrics(kept, run.info.run_id, {f"test_{k}": v for k, v in test.items()})
         log.info("Test: %s", ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
-        predictions = _predictions(model, ds.test.dense_rows(10), ds.test.y[:10])
+        predictions = _predictions(model, batches.first(ds.test, 10), ds.test.y[:10])
         log.info("First 10 test predictions:\n%s", predictions)
         _log_artifacts(cfg, history, predictions, model, workdir, kept, run.info.run_id)
     backup.discard()  # the run is FINISHED: nothing left to resume

@@ -7,6 +7,7 @@ real ones; they are small and learnable (each class has its own pattern) so trai
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -78,7 +79,7 @@ def store(tmp_path_factory) -> str:
 @pytest.fixture
 def experiment(store, request) -> str:
     """A fresh experiment name per test, so each test sees only its own runs."""
-    return f"test-{request.node.name}"[:200]
+    return re.sub(r"[^\w.-]+", "-", f"test-{request.node.name}")[:200]  # [param] ids break Hydra's grammar
 
 
 def base_overrides(data_dir: Path, store: str, experiment: str) -> list[str]:

@@ -43,7 +43,7 @@ def test_imdb_splits_are_multi_hot_rows_with_the_first_reviews_as_validation(dat
     assert d.sizes == {"train": IMDB_SIZES["train"] - 100, "val": 100, "test": IMDB_SIZES["test"]}
 
     row_splits, words, labels = data.word_index_rows(data.read_npz(data_dir / "imdb.npz"), cfg)["train"]
-    val = d.val.dense_rows(100)
+    val = d.val.x[:100].toarray()
     assert val.shape == (100, 10000) and val.dtype == np.float32 and set(np.unique(val)) == {0.0, 1.0}
     for i in (0, 57, 99):  # validation row i is training review i, multi-hot
         assert set(np.flatnonzero(val[i])) == set(words[row_splits[i] : row_splits[i + 1]])
