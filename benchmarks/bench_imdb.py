@@ -7,9 +7,10 @@ Each side runs in its own process; peak memory is that process's maximum residen
   lab float64:  the lab's code: float64 multi-hot matrices built with a Python loop, then fit (run once, on the
                 first backend: 8.6 GB, slow, and its memory barely varies)
   dense32:      plain Keras, one dense float32 multi-hot matrix per split (vectorised), fit on numpy arrays
-  src.train:    the project (CSR rows made dense per batch by src/batches.py's MultiHotBatches), MLflow tracking on
+  src.train:    the project (src/batches.py: CSR rows as sparse batches into a sparse Input on TensorFlow, made
+                dense per batch by MultiHotBatches elsewhere), MLflow tracking on
   --profile adds
-  MultiHotBatches: the lab's model and plain fit fed by MultiHotBatches: the project's input path alone
+  project input path, plain fit: the lab's model and plain fit fed as src/batches.py feeds the project
 Every side runs once per round, the order reversed every other round; time ratios are per round, then the median.
 Targets: src.train / dense32 per epoch <= 1.0 on the same backend (the project's overhead), the fastest backend's
 src.train <= 1.0x dense32 on TensorFlow, and peak memory of src.train <= 1/5 of the lab's.
@@ -29,7 +30,7 @@ def main() -> None:
     h.backend_option(p)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--lab-repeats", type=int, default=1, help="runs of the lab's way (default 1; 0: skip it)")
-    p.add_argument("--profile", action="store_true", help="also plain fit fed by MultiHotBatches")
+    p.add_argument("--profile", action="store_true", help="also plain fit fed as the project feeds its model")
     args = p.parse_args()
     data = h.data_dir(args)
     backends = h.backends(args)
@@ -45,7 +46,7 @@ def main() -> None:
             sides[f"dense32 ({b})"] = lambda benv=benv: h.spawn(["dense_imdb", e, str(data)], benv)
             sides[f"src.train ({b})"] = lambda o=project: h.spawn(["project", *ws.project_overrides(*o)], env)
             if args.profile:
-                sides[f"MultiHotBatches, plain fit ({b})"] = lambda benv=benv: h.spawn(
+                sides[f"project input path, plain fit ({b})"] = lambda benv=benv: h.spawn(
                     ["batches_imdb", e, str(data)], benv)
         raw = h.alternate(sides, args.repeats)
         lab = f"lab float64 ({backends[0]})"

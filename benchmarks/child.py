@@ -11,8 +11,8 @@ parent adds wall time and peak resident memory. The plain-Keras modes run on $KE
   lab_mnist EPOCHS DIR     the lab's MNIST code: numpy float32 arrays, Sequential, model.fit
   lab_imdb EPOCHS DIR      the lab's IMDB code: float64 multi-hot built with a Python loop, then fit
   dense_imdb EPOCHS DIR    IMDB as one dense float32 multi-hot matrix per split (vectorised), then fit
-  batches_imdb EPOCHS DIR  the lab's IMDB model and fit, fed by the project's MultiHotBatches (CSR rows
-                           made dense per batch): the input path alone, without tracking or callbacks
+  batches_imdb EPOCHS DIR  the lab's IMDB model and fit, fed as src/batches.py feeds the project (sparse
+                           batches on TensorFlow, MultiHotBatches elsewhere): the input path alone
 """
 
 from __future__ import annotations
@@ -225,14 +225,15 @@ def dense_imdb(epochs: int, data_dir: Path, validation: int = 10000) -> None:
 
 
 def batches_imdb(epochs: int, data_dir: Path) -> None:
-    """Plain Keras fed by the project's MultiHotBatches: the project's input path, nothing else of it."""
+    """Plain Keras fed as src/batches.py feeds the project (CSR through Keras's sparse path into a sparse Input
+    on TensorFlow; MultiHotBatches, dense per batch, elsewhere): the project's input path, nothing else of it."""
     ds = _imdb_project_splits(data_dir)
     import keras
 
     from src import batches
 
     keras.utils.set_random_seed(42)
-    model = _imdb_model(keras.Input((10000,)))
+    model = _imdb_model(keras.Input((10000,), sparse=batches.sparse_inputs()))
     timer = _timer()
     REPORT["backend"] = keras.backend.backend()
     model.fit(**batches.fit_args(ds.train, 512, shuffle=True, seed=42), epochs=epochs,
