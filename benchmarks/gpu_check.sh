@@ -12,7 +12,8 @@
 #   1. wheels: a machine without Keras/Hydra/MLflow (the H100 machine) installs the wheels in $WHEELS (default .whl/,
 #      made by `bash /work/shared/device/fetch-wheels.sh .whl`) into $SITE (default /tmp/site), offline, and puts
 #      them on PYTHONPATH;
-#   2. `python -m src.doctor`, when src/doctor.py exists (its failure is printed, the check goes on);
+#   2. `python -m src.doctor backend=B hardware=H` per backend, when src/doctor.py exists (a failure is printed,
+#      the check goes on);
 #   3. python -m benchmarks.gpu_check "$@" (options: --help). Data: $LE5_DATA_DIR, --data-dir, else data/.
 # PYTHON picks the interpreter (default: python3). With $OUT set (the device machine's folder that comes back),
 # the table's JSON goes to $OUT/gpu_check.json and the whole output to $OUT/gpu_check.txt.
@@ -35,17 +36,29 @@ install_wheels() {
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 }
 
-doctor() {
-  if [[ -f src/doctor.py ]]; then
-    echo "== python -m src.doctor"
-    "$PY" -m src.doctor || echo "(src.doctor exited $?; the check goes on)"
-  fi
+doctor() {  # once per backend asked for, with the same hardware= as the runs
+  [[ -f src/doctor.py ]] || return 0
+  local backends="${KERAS_BACKEND:-tensorflow}" hw=gpu
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --backend|--backends) backends="$2"; shift ;;
+      --backend=*|--backends=*) backends="${1#*=}" ;;
+      --hardware) hw="$2"; shift ;;
+      --hardware=*) hw="${1#*=}" ;;
+    esac
+    shift
+  done
+  local b
+  for b in ${backends//,/ }; do
+    echo "== python -m src.doctor backend=$b hardware=$hw"
+    "$PY" -m src.doctor "backend=$b" "hardware=$hw" || echo "(src.doctor exited $?; the check goes on)"
+  done
 }
 
 check() {
   echo "== $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), load average $(cut -d' ' -f1-3 /proc/loadavg)"
   install_wheels
-  doctor
+  doctor "$@"
   echo "== python -m benchmarks.gpu_check $*"
   "$PY" -m benchmarks.gpu_check "$@"
 }
