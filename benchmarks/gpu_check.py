@@ -11,6 +11,8 @@ synthetic files of the same shape otherwise (benchmarks/synthetic.py). With --sc
 of the files' training and test samples (real or synthetic): checks of the script, not of speed or accuracy.
 Goal: src.train's steady epoch <= 1.1x plain Keras `fit` on the same backend.
 
+Loops: `fit` (Keras's model.fit) on every backend, `compiled` (trainer.loop=compiled, src/compiled.py) on jax;
+--bench-compiled also runs benchmarks/bench_compiled.py (fit vs compiled epochs alternating, per-seed accuracies).
 Extending: a training loop is a function in LOOPS returning its runs for a backend (see `fit_runs`); `--loop`
 picks loops by name. Each run is (name, src.train overrides, plain Keras child mode or None).
 """
@@ -55,7 +57,19 @@ def fit_runs(backend: str, hardware: str, mnist_epochs: int, imdb_epochs: int, s
     return runs
 
 
-LOOPS = {"fit": fit_runs}  # trainer.loop values this check knows how to run; add one function per loop
+def compiled_runs(backend: str, hardware: str, mnist_epochs: int, imdb_epochs: int, scale: float) -> list[tuple]:
+    """trainer.loop=compiled (src/compiled.py: one jitted lax.scan per epoch), JAX only; plain Keras fit beside."""
+    if backend != "jax":
+        return []
+    return [
+        ("MNIST dense", [*_common(hardware, backend, mnist_epochs, "mnist_dense", 5000, scale), "trainer.loop=compiled"],
+         "lab_mnist"),
+        ("IMDB 16-16-1", [*_common(hardware, backend, imdb_epochs, "imdb_dense", 10000, scale), "trainer.loop=compiled"],
+         "dense_imdb"),
+    ]
+
+
+LOOPS = {"fit": fit_runs, "compiled": compiled_runs}  # trainer.loop values this check runs; one function per loop
 
 
 def describe(backend: str) -> None:
@@ -95,7 +109,11 @@ def _data(args, tmp: Path) -> tuple[Path, str]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     h.backend_option(p, default=os.environ.get("KERAS_BACKEND") or "tensorflow")
-    p.add_argument("--loop", default="fit", help=f"training loops, comma-separated, from {', '.join(LOOPS)} (default fit)")
+    p.add_argument("--loop", default="fit,compiled",
+                   help=f"training loops, comma-separated, from {', '.join(LOOPS)} (default: all; compiled: jax only)")
+    p.add_argument("--bench-compiled", action="store_true",
+                   help="jax: also benchmarks/bench_compiled.py (fit vs compiled epochs, alternating, per-seed accuracy)")
+    p.add_argument("--compiled-repeats", type=int, default=2, help="--bench-compiled: rounds of fit vs compiled (default 2)")
     p.add_argument("--data-dir", default=os.environ.get("LE5_DATA_DIR"), help="default: $LE5_DATA_DIR, else <project>/data")
     p.add_argument("--hardware", default="gpu", help="hardware config (cpu: check this script on a CPU machine)")
     p.add_argument("--mnist-epochs", type=int, default=5)
@@ -107,7 +125,7 @@ def main() -> int:
     p.add_argument("--timeout", type=int, default=300, help="seconds per run (default 300)")
     p.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/gpu_check.json)")
     args = p.parse_args()
-    args.repeats = 1
+    args.repeats = 1  # each run once (the JSON's "repeats")
     backends = h.backends(args)
     loops = [x.strip() for x in args.loop.split(",") if x.strip()]
     if unknown := [x for x in loops if x not in LOOPS]:
@@ -167,6 +185,16 @@ def main() -> int:
                         pr = plains[key]
                         print(f"{key}, plain Keras: epochs [{' '.join(f'{t:.2f}' for t in pr['epoch_times'])}] s, "
                               f"test acc {pr['test'].get('test_accuracy', float('nan')):.4f}", flush=True)
+        if args.bench_compiled and "jax" in backends:
+            bench = [sys.executable, "-m", "benchmarks.bench_compiled", "--hardware", args.hardware, "--repeats",
+                     str(args.compiled_repeats), "--mnist-epochs", str(args.mnist_epochs), "--imdb-epochs", str(args.imdb_epochs),
+                     "--data-dir", str(data), "--out", str(Path(args.out or h.RESULTS / "gpu_check.json").with_name(
+                         f"gpu_check_bench_compiled_{args.hardware}.json"))]
+            if args.scale != 1.0:
+                bench += ["--small", str(max(int(5000 * args.scale), 10))]
+            print(f"== {' '.join(bench[1:])}", flush=True)
+            if subprocess.run(bench, cwd=h.ROOT, check=False).returncode:
+                failures.append("bench_compiled")
     finally:
         ws.close()
         tmp.cleanup()

@@ -3,7 +3,7 @@
 A tracking server that goes down at hour 3 must not stop (or silently thin out) training:
 every metric batch, tag, artifact folder and the run's end status goes through `Outbox`. It
 sends each record at once (MLflow's HTTP client retries a few times first, see
-`tracking.connect`); a record that still fails is appended to a JSON-lines file, and once the
+`store.connect`); a record that still fails is appended to a JSON-lines file, and once the
 store answers again the backlog is sent in order and the file removed. What is left at the end
 is imported with
 
@@ -42,7 +42,6 @@ class Outbox:
         self.path = Path(path)
         self.client = client or MlflowClient()
         self.uri = self.client.tracking_uri
-        self.kept = 0  # records written to the file by this process
 
     # -- what a run sends ------------------------------------------------------------------
 
@@ -87,11 +86,13 @@ class Outbox:
         with open(self.path, "a") as f:
             f.write(json.dumps({"run_id": run_id, "tracking_uri": self.uri, **record}) + "\n")
             f.flush()
-        self.kept += 1
         log.warning("Kept it in %s; when the store answers again: %s", self.path, import_command(self.path))
 
     def _lines(self) -> int:
-        return sum(1 for _ in open(self.path)) if self.path.exists() else 0
+        if not self.path.exists():
+            return 0
+        with open(self.path) as f:
+            return sum(1 for _ in f)
 
     def _flush(self) -> None:
         try:

@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from . import backend, config
+from . import backend, config, loop
 from .errors import UserError
 
 config.register()
@@ -70,6 +70,7 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
     workdir = Path(workdir)
     config.validate(cfg, job.choices)
     chosen, why = backend.choose(cfg.backend)
+    loop.check(cfg, chosen)
     backend.activate(chosen, cfg.hardware)
     log.info("Backend: %s (%s)", chosen.value, why)
 
@@ -89,8 +90,12 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
     ds = data.load(cfg.dataset, data.data_dir(cfg.data_dir))
     log.info("Data: %s (%s, sha256 %s)", ", ".join(f"{k} {n}" for k, n in ds.sizes.items()), ds.path, ds.sha256[:12])
 
+    resolved = loop.resolve(cfg, chosen, ds)
+    log.info("Training loop: %s (%s)", resolved.loop.value, resolved.why)
+
     parent_run_id, sweep_tags = sweep.parent(job.sweep_dir, job.overrides, job.num)
-    run_tags = {**provenance.tags(job.choices, job.overrides, chosen.value), **sweep_tags, "device": device}
+    run_tags = {**provenance.tags(job.choices, job.overrides, chosen.value), **sweep_tags, "device": device,
+                loop.TAG: resolved.loop.value}
     # Checkpoint of the last finished epoch, in a folder a requeued SLURM job finds again.
     backup = resume.for_run(cfg, chosen.value, ds.sha256, workdir, job.num)
     # Records the store does not take (a server lost mid-run) are kept here, to import later.
@@ -113,18 +118,28 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
         model.summary(print_fn=lambda line, **_: log.info(line))
 
         batch_size = cfg.trainer.batch_size
-        this_start = model.fit(
-            **batches.fit_args(ds.train, batch_size, shuffle=True, seed=cfg.seed),
-            validation_data=batches.validation_data(ds.val, batch_size),
-            initial_epoch=initial_epoch,
-            epochs=cfg.trainer.epochs,
-            callbacks=_callbacks(cfg, run.info.run_id, backup, kept),
-            verbose=cfg.trainer.verbose,
-        ).history
+        if resolved.compiled:  # src/compiled.py: one compiled program per epoch, the same callbacks
+            from . import compiled
+
+            epochs = compiled.Epochs(model, ds, batch_size, cfg.seed, resolved.budget_bytes, resolved.device)
+            this_start = epochs.fit(cfg.trainer.epochs, initial_epoch, _callbacks(cfg, run.info.run_id, backup, kept),
+                                    cfg.trainer.verbose)
+        else:
+            this_start = model.fit(
+                **batches.fit_args(ds.train, batch_size, shuffle=True, seed=cfg.seed),
+                validation_data=batches.validation_data(ds.val, batch_size),
+                initial_epoch=initial_epoch,
+                epochs=cfg.trainer.epochs,
+                callbacks=_callbacks(cfg, run.info.run_id, backup, kept),
+                verbose=cfg.trainer.verbose,
+            ).history
         _raise_on_nan(this_start, cfg)
         history = backup.history  # every epoch, also those before a requeue
 
-        test = model.evaluate(**batches.fit_args(ds.test, batch_size), return_dict=True, verbose=0)
+        if resolved.compiled:
+            test = epochs.evaluate("test")
+        else:
+            test = model.evaluate(**batches.fit_args(ds.test, batch_size), return_dict=True, verbose=0)
         runs.log_final_metrics(kept, run.info.run_id, {f"test_{k}": v for k, v in test.items()})
         log.info("Test: %s", ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
         predictions = _predictions(model, batches.first(ds.test, 10), ds.test.y[:10])

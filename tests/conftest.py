@@ -143,13 +143,22 @@ def train_run(data_dir, store, experiment, tmp_path):
     return run
 
 
+def child_env(env: dict | None = None) -> dict[str, str]:
+    """The environment a user's shell would give a child: this process's, minus the MLFLOW_* and LE5_*
+    variables that fixtures set as side effects (mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI),
+    so a child that ignores its own tracking.tracking_uri is caught; `env` adds variables back explicitly."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "LE5_"))}
+    if clean.get("MUTANT_UNDER_TEST") == "stats":  # mutmut records coverage in its own process only
+        del clean["MUTANT_UNDER_TEST"]
+    return {**clean, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+
+
 def run_cli(args: list[str], env: dict | None = None, timeout: int = 300, cwd: Path = ROOT):
-    """`python -m src.train ARGS` in a subprocess; returns the CompletedProcess (text)."""
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    """`python -m src.train ARGS` in a subprocess with `child_env(env)`; returns the CompletedProcess (text)."""
     return subprocess.run(
         [sys.executable, "-m", "src.train", *args],
         cwd=cwd,
-        env=full_env,
+        env=child_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -169,3 +178,6 @@ def pytest_configure(config):
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     elif BACKEND == "jax":
         os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    # Keras (and absl's logging with it) first imported inside a captured test would bind its log handler to
+    # pytest's capture stream, which is closed after that test ("I/O operation on closed file"): import it now.
+    import keras  # noqa: F401
