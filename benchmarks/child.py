@@ -1,16 +1,18 @@
 """One measured process: `python -m benchmarks.child MODE [ARGS]`, started by the benchmark scripts.
 
 Writes its figures (epoch times, first-step time, accuracies) as JSON to $BENCH_REPORT; the
-parent adds wall time and peak resident memory. Modes:
+parent adds wall time and peak resident memory. The plain-Keras modes run on $KERAS_BACKEND
+(the parent sets it; default tensorflow), the project on its `backend=` override. Modes:
 
   import_tf            bare `import tensorflow`, nothing else
   project OVERRIDES    the project's CLI (`python -m src.train OVERRIDES`) in this process, with
-                       a timing callback added; --no-mlflow-callback drops MLflowMetrics
-  lab_mnist EPOCHS     the lab's MNIST code: numpy float32 arrays, Sequential, model.fit
-  lab_imdb EPOCHS      the lab's IMDB code: float64 multi-hot built with a Python loop, then fit
-  dense_imdb EPOCHS    IMDB as one dense float32 multi-hot matrix per split, then fit
-  uint8_imdb EPOCHS    IMDB as dense uint8 multi-hot matrices, cast to float32 per batch in tf.data
-  ragged_dense_imdb EPOCHS   IMDB as ragged word lists, densified to float32 multi-hot per batch in tf.data
+                       a timing callback added; --no-mlflow-callback drops MLflowMetrics,
+                       --no-backup-callback keeps resume.Backup's epoch logs but skips its weights file
+  lab_mnist EPOCHS DIR     the lab's MNIST code: numpy float32 arrays, Sequential, model.fit
+  lab_imdb EPOCHS DIR      the lab's IMDB code: float64 multi-hot built with a Python loop, then fit
+  dense_imdb EPOCHS DIR    IMDB as one dense float32 multi-hot matrix per split (vectorised), then fit
+  batches_imdb EPOCHS DIR  the lab's IMDB model and fit, fed as src/batches.py feeds the project (sparse
+                           batches on TensorFlow, MultiHotBatches elsewhere): the input path alone
 """
 
 from __future__ import annotations
@@ -69,29 +71,46 @@ def _timed(owner, name: str, key: str):
 
 
 def project(argv: list[str]) -> None:
-    drop_mlflow = "--no-mlflow-callback" in argv
-    overrides = [a for a in argv if a != "--no-mlflow-callback"]
+    drop = {"--no-mlflow-callback", "--no-backup-callback"} & set(argv)
+    overrides = [a for a in argv if a not in drop]
     # Imported (not run as __main__), Hydra would look for conf/ as a package: name its folder.
     sys.argv = ["src/train.py", f"--config-path={Path(__file__).resolve().parents[1] / 'conf'}", *overrides]
     import mlflow
 
-    from src import tracking, train
+    from src import store, train  # neither imports Keras: train() picks the backend first
 
     original = train._callbacks
 
     def callbacks(*args):
-        chosen = [c for c in original(*args) if not (drop_mlflow and isinstance(c, tracking.MLflowMetrics))]
+        # Keras is imported by now (train() chose the backend), so the callback classes can be too.
+        from src import callbacks as cb
+        from src import resume
+
+        dropped = (cb.MLflowMetrics,) if "--no-mlflow-callback" in drop else ()
+        if "--no-backup-callback" in drop:
+            # train() reads the history back from the backup: keep the epochs' logs, skip the weights file
+            def light(self, epoch, logs=None):
+                self.state = {**self.state, "epochs": [*self.epochs, cb.numeric_logs(logs)]}
+
+            resume.Backup.on_epoch_end = light
+        if not getattr(cb.MLflowMetrics, "_bench_timed", False):
+            # Each callback's own cost per epoch, measured directly (not as a noisy difference).
+            _timed(cb.MLflowMetrics, "on_epoch_end", "mlflow_callback_s")
+            _timed(cb.MLflowMetrics, "on_train_end", "mlflow_callback_end_s")
+            _timed(resume.Backup, "on_epoch_end", "backup_callback_s")
+            cb.MLflowMetrics._bench_timed = True
+        chosen = [c for c in original(*args) if not isinstance(c, dropped)]
         return [_timer(), *chosen]  # first, so the epoch time covers the other callbacks' work
 
     train._callbacks = callbacks
-    # The MLflow callback's own cost per epoch, measured directly (not as a noisy difference).
-    _timed(tracking.MLflowMetrics, "on_epoch_end", "mlflow_callback_s")
-    _timed(tracking.MLflowMetrics, "on_train_end", "mlflow_callback_end_s")
-    # Tracking's fixed cost per run: store check, params, artifacts (model file, plot, config).
-    _timed(train.tracking, "connect", "tracking_connect_s")
+    # Tracking's fixed cost per run: store check, params, artifacts (plot, config, model file).
+    _timed(store, "connect", "tracking_connect_s")
     _timed(mlflow, "log_params", "tracking_params_s")
     _timed(train, "_log_artifacts", "tracking_artifacts_s")
     train.main()
+    import keras
+
+    REPORT["backend"] = keras.backend.backend()
     run = mlflow.search_runs(experiment_names=["bench"], max_results=1, order_by=["start_time DESC"],
                              output_format="list")[0]
     REPORT["test"] = {k: v for k, v in run.data.metrics.items() if k.startswith("test_")}
@@ -100,6 +119,9 @@ def project(argv: list[str]) -> None:
 
 
 def _fit_report(model, x, y, validation, test, epochs, batch_size):
+    import keras
+
+    REPORT["backend"] = keras.backend.backend()
     timer = _timer()
     model.fit(x, y, epochs=epochs, batch_size=batch_size, validation_data=validation, callbacks=[timer], verbose=2)
     REPORT["test"] = {"test_" + k: float(v) for k, v in model.evaluate(*test, return_dict=True, verbose=0).items()}
@@ -116,22 +138,27 @@ def _keras_home(data_dir: Path) -> None:
     os.environ["KERAS_HOME"] = str(home)
 
 
-def lab_mnist(epochs: int, data_dir: Path) -> None:
-    """The lab's code (Chollet, ch. 2), holding out the project's 5,000 validation images so both do equal work."""
-    _keras_home(data_dir)
+def lab_mnist(epochs: int, data_dir: Path, validation: int = 5000) -> None:
+    """The lab's code (Chollet, ch. 2), holding out the project's 5,000 validation images so both do equal work.
+
+    The file is read as keras.datasets.mnist.load_data reads it (np.load), without its download-and-hash step,
+    so a cut file (gpu_check.py --scale) works too.
+    """
     import keras
+    import numpy as np
     from keras import layers, models
 
     keras.utils.set_random_seed(42)
-    (train_images, train_labels), (test_images, test_labels) = keras.datasets.mnist.load_data()
-    train_images = train_images.reshape((60000, 28 * 28)).astype("float32") / 255
-    test_images = test_images.reshape((10000, 28 * 28)).astype("float32") / 255
+    with np.load(data_dir / "mnist.npz", allow_pickle=False) as f:
+        (train_images, train_labels), (test_images, test_labels) = (f["x_train"], f["y_train"]), (f["x_test"], f["y_test"])
+    train_images = train_images.reshape((len(train_images), 28 * 28)).astype("float32") / 255
+    test_images = test_images.reshape((len(test_images), 28 * 28)).astype("float32") / 255
     train_labels = keras.utils.to_categorical(train_labels)
     test_labels = keras.utils.to_categorical(test_labels)
     network = models.Sequential([keras.Input((28 * 28,)), layers.Dense(512, activation="relu"),
                                  layers.Dense(10, activation="softmax")])
     network.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])
-    v = 5000
+    v = validation
     _fit_report(network, train_images[v:], train_labels[v:], (train_images[:v], train_labels[:v]),
                 (test_images, test_labels), epochs, 128)
 
@@ -172,83 +199,47 @@ def lab_imdb(epochs: int, data_dir: Path) -> None:
     _fit_report(model, partial_x_train, partial_y_train, (x_val, y_val), (x_test, y_test), epochs, 512)
 
 
-def _csr_splits(data_dir: Path):
-    from src import data
+def _imdb_project_splits(data_dir: Path, validation: int = 10000):
+    """IMDB as the project loads it (src.data: CSR multi-hot rows, the lab's split), without Keras."""
+    from omegaconf import OmegaConf
 
-    seqs = data.imdb_sequences(data_dir / "imdb.npz", 10000)
-    (splits, words, labels), test = seqs["train"], seqs["test"]
-    cut = splits[10000]
-    return {"train": (splits[10000:] - cut, words[cut:], labels[10000:]),
-            "val": (splits[:10001], words[:cut], labels[:10000]), "test": test}
+    from src import config, data
 
-
-def _dense(split, dtype):
-    import numpy as np
-
-    row_splits, words, labels = split
-    x = np.zeros((len(labels), 10000), dtype=dtype)
-    x[np.repeat(np.arange(len(labels)), np.diff(row_splits)), words] = 1
-    return x, labels
+    cfg = OmegaConf.merge(OmegaConf.structured(config.DatasetConfig), config.options("dataset")["imdb"])
+    cfg.sha256 = None  # a baseline: also cut or synthetic files (benchmarks/gpu_check.py --scale)
+    cfg.validation_size = validation
+    return data.load(cfg, data_dir)
 
 
-def dense_imdb(epochs: int, data_dir: Path) -> None:
+def dense_imdb(epochs: int, data_dir: Path, validation: int = 10000) -> None:
+    """Plain Keras on dense float32 multi-hot matrices (the lab's values, built vectorised)."""
+    ds = _imdb_project_splits(data_dir, validation)
+    dense = {name: (split.x.toarray(), split.y) for name, split in
+             (("train", ds.train), ("val", ds.val), ("test", ds.test))}
+    del ds
     import keras
 
     keras.utils.set_random_seed(42)
-    s = {k: _dense(v, "float32") for k, v in _csr_splits(data_dir).items()}
     model = _imdb_model(keras.Input((10000,)))
-    _fit_report(model, *s["train"], s["val"], s["test"], epochs, 512)
+    _fit_report(model, *dense["train"], dense["val"], dense["test"], epochs, 512)
 
 
-def _tf_pipelines(data_dir: Path, make_take):
-    """Index-batch pipelines as src/data.py builds them, with `make_take(split)` mapping indices to a batch."""
-    from src import data
-
-    out = {}
-    for name, split in _csr_splits(data_dir).items():
-        out[name] = data._batches(len(split[2]), make_take(split), 512, name == "train", 42, data.Tuning())
-    return out
-
-
-def uint8_imdb(epochs: int, data_dir: Path) -> None:
+def batches_imdb(epochs: int, data_dir: Path) -> None:
+    """Plain Keras fed as src/batches.py feeds the project (CSR through Keras's sparse path into a sparse Input
+    on TensorFlow; MultiHotBatches, dense per batch, elsewhere): the project's input path, nothing else of it."""
+    ds = _imdb_project_splits(data_dir)
     import keras
-    import tensorflow as tf
+
+    from src import batches
 
     keras.utils.set_random_seed(42)
-
-    def make_take(split):
-        x, y = _dense(split, "uint8")
-        x, y = tf.constant(x), tf.constant(y)
-        return lambda i: (tf.cast(tf.gather(x, i), tf.float32), tf.gather(y, i))
-
-    p = _tf_pipelines(data_dir, make_take)
-    model = _imdb_model(keras.Input((10000,)))
-    _fit_report(model, p["train"], None, p["val"], (p["test"],), epochs, None)
-
-
-def ragged_dense_imdb(epochs: int, data_dir: Path) -> None:
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(42)
-
-    def make_take(split):
-        row_splits, words, labels = split
-        reviews = tf.RaggedTensor.from_row_splits(tf.constant(words), tf.constant(row_splits), validate=False)
-        y = tf.constant(labels)
-
-        def take(i):
-            coords = tf.gather(reviews, i).to_sparse()  # ragged -> dense multi-hot by scattering ones
-            n = tf.shape(i, out_type=tf.int64)[0]
-            hot = tf.scatter_nd(tf.stack([coords.indices[:, 0], coords.values], axis=1),
-                                tf.ones_like(coords.values, dtype=tf.float32), tf.stack([n, 10000]))
-            return hot, tf.gather(y, i)
-
-        return take
-
-    p = _tf_pipelines(data_dir, make_take)
-    model = _imdb_model(keras.Input((10000,)))
-    _fit_report(model, p["train"], None, p["val"], (p["test"],), epochs, None)
+    model = _imdb_model(keras.Input((10000,), sparse=batches.sparse_inputs()))
+    timer = _timer()
+    REPORT["backend"] = keras.backend.backend()
+    model.fit(**batches.fit_args(ds.train, 512, shuffle=True, seed=42), epochs=epochs,
+              validation_data=batches.validation_data(ds.val, 512), callbacks=[timer], verbose=2)
+    test = model.evaluate(**batches.fit_args(ds.test, 512), return_dict=True, verbose=0)
+    REPORT["test"] = {"test_" + k: float(v) for k, v in test.items()}
 
 
 def main() -> None:
@@ -262,8 +253,8 @@ def main() -> None:
             project(rest)
         else:
             runners = {"lab_mnist": lab_mnist, "lab_imdb": lab_imdb, "dense_imdb": dense_imdb,
-                       "uint8_imdb": uint8_imdb, "ragged_dense_imdb": ragged_dense_imdb}
-            runners[mode](int(rest[0]), Path(rest[1]))
+                       "batches_imdb": batches_imdb}
+            runners[mode](int(rest[0]), Path(rest[1]), *map(int, rest[2:]))  # [VALIDATION]: held-out samples
     finally:
         _save()
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+LOAD_AT_START = os.getloadavg()  # 2 shared cores: every figure goes with the machine's load
 
 
 def parser(description: str, repeats: int) -> argparse.ArgumentParser:
@@ -29,6 +30,27 @@ def parser(description: str, repeats: int) -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=os.environ.get("LE5_DATA_DIR"), help="default: $LE5_DATA_DIR")
     p.add_argument("--out", default=None, help="JSON file for the figures (default: benchmarks/results/<name>.json)")
     return p
+
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def backend_option(p: argparse.ArgumentParser, default: str = "tensorflow,jax") -> None:
+    p.add_argument("--backend", "--backends", dest="backends", default=default,
+                   help=f"Keras backends to measure, comma-separated, from {', '.join(BACKENDS)} (default {default})")
+
+
+def backends(args) -> list[str]:
+    chosen = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in chosen if b not in BACKENDS]
+    if unknown or not chosen:
+        sys.exit(f"--backend {args.backends}: choose from {', '.join(BACKENDS)}")
+    return chosen
+
+
+def per_round(candidate: list[float], baseline: list[float]) -> list[float]:
+    """candidate / baseline for each round (the two ran in the same round, close in time)."""
+    return [c / b for c, b in zip(candidate, baseline)]
 
 
 def data_dir(args) -> Path:
@@ -169,7 +191,9 @@ def write(name: str, args, figures: dict, raw: dict) -> Path:
     path = Path(args.out) if args.out else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": name, "repeats": args.repeats, "machine": machine(), "figures": figures, "raw": raw,
-               "load_avg_at_end": os.getloadavg()}
+               "load_avg_at_start": LOAD_AT_START, "load_avg_at_end": os.getloadavg()}
     path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
-    print(f"\nfigures written to {path}")
+    print(f"\nload average at start {LOAD_AT_START[0]:.2f} {LOAD_AT_START[1]:.2f} {LOAD_AT_START[2]:.2f}, "
+          f"at end {' '.join(f'{x:.2f}' for x in payload['load_avg_at_end'])}")
+    print(f"figures written to {path}")
     return path

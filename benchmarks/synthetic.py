@@ -48,6 +48,21 @@ def write_imdb(path: Path, scale: float = 1.0, seed: int = 0) -> Path:
     return path
 
 
+def shrink(source: Path, path: Path, scale: float) -> Path:
+    """The first `scale` of each split of a Keras .npz dataset file (real data, smaller: quick checks)."""
+    from src.data import read_npz  # refuses anything but arrays in the file
+
+    arrays = read_npz(Path(source))
+    rng = np.random.default_rng(0)
+    cut = {}
+    for split in ("train", "test"):  # a random subset: IMDB's file is sorted by label
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        keep = np.sort(rng.permutation(len(y))[: max(int(len(y) * scale), 20)])
+        cut[f"x_{split}"], cut[f"y_{split}"] = x[keep], y[keep]
+    np.savez(path, **cut)
+    return path
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("directory")
