@@ -58,6 +58,7 @@ class MLflowSweep(Callback):
         self.sweep_dir: Path | None = None
         self.monitor = "val_loss"
         self._ended = False
+        self._heartbeat = None  # the parent run's, while the sweep runs (src/liveness.py)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from .store import TrackingError
@@ -130,7 +131,8 @@ class MLflowSweep(Callback):
         from mlflow.tracking import MlflowClient
 
         self._ended = True
-        self._heartbeat.stop()
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         client = MlflowClient(self._uri)
         children = _children(client, self.parent_run_id)
         if status != "FINISHED":
