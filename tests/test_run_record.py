@@ -8,7 +8,7 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from src import data, inputs, outbox, store, train
+from src import batches, data, inputs, outbox, store, train
 from tests.conftest import compose
 
 
@@ -42,7 +42,7 @@ def test_run_records_its_data_model_and_system_metrics(train_run, data_dir, tmp_
                    data_dir)
     recorded = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions.csv",
                                                    dst_path=str(tmp_path))
-    again = train._predictions(model, ds.test.dense_rows(10), ds.test.y[:10])
+    again = train._predictions(model, batches.first(ds.test, 10), ds.test.y[:10])
     assert again + "\n" == open(recorded).read()
 
     # system metrics, sampled every 0.2 s
