@@ -138,7 +138,7 @@ def test_gpu_guard_fails_a_gpu_job_on_a_node_without_a_real_gpu(data_dir, store,
     log = log_of(tmp_path, job_id)
     assert end["JobState"] == "FAILED" and end["ExitCode"] == "2:0", log[-3000:]
     assert "GPUs: 0" in log  # Slurm gave the job a (fake) GPU ...
-    assert "hardware=gpu, but TensorFlow sees no GPU" in log and "CUDA_VISIBLE_DEVICES=0" in log  # ... TF sees none
+    assert "hardware=gpu, but tensorflow sees no GPU" in log and "CUDA_VISIBLE_DEVICES=0" in log  # ... TF sees none
     assert "Traceback" not in log
     assert runs(experiment) == []  # refused before any MLflow run started
 
