@@ -60,6 +60,11 @@ class MLflowSweep(Callback):
         self._ended = False
         self._heartbeat = None  # the parent run's, while the sweep runs (src/liveness.py)
 
+    def __getstate__(self) -> dict:
+        # hydra-submitit-launcher pickles Hydra's callbacks with each job; the heartbeat thread (locks) is the
+        # driver's own and stays behind
+        return {**self.__dict__, "_heartbeat": None}
+
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from .store import TrackingError
 

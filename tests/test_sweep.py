@@ -85,3 +85,22 @@ def test_summary_lists_children_in_sweep_order_and_names_the_best():
     assert best.info.run_name == "job1"  # the lowest val_loss among the finished runs
     header = text.splitlines()[2]
     assert "optimizer.learning_rate" in header and "hardware" not in header
+
+
+def test_the_sweep_callback_pickles_while_its_heartbeat_runs(store, experiment):
+    """hydra-submitit-launcher pickles Hydra's callbacks with every job it submits to SLURM."""
+    import cloudpickle
+    from mlflow.tracking import MlflowClient
+
+    from src import liveness
+
+    client = MlflowClient(store)
+    run = client.create_run(client.create_experiment(experiment))
+    callback = sweep.MLflowSweep()
+    callback.parent_run_id = run.info.run_id
+    callback._heartbeat = liveness.Heartbeat(client, run.info.run_id).start()
+    try:
+        copy = cloudpickle.loads(cloudpickle.dumps(callback))
+    finally:
+        callback._heartbeat.stop()
+    assert copy.parent_run_id == run.info.run_id and copy._heartbeat is None
