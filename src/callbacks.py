@@ -96,3 +96,13 @@ def numeric_logs(logs: dict | None) -> dict[str, float]:
         except (TypeError, ValueError):
             pass
     return values
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Ends training at the next batch once SIGTERM arrived (runs.raise_if_terminated says why it is needed)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        runs.raise_if_terminated()
+
+    def on_test_batch_end(self, batch, logs=None):
+        runs.raise_if_terminated()

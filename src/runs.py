@@ -175,12 +175,25 @@ def _end(active, status: str, reason: str | None, outbox: Outbox | None) -> None
         log.error("Run %s ended %s: %s", run_id, status, reason)
 
 
+_TERMINATED: list[str] = []  # SIGTERM's description once it arrived (see raise_if_terminated)
+
+
+def raise_if_terminated() -> None:
+    """Raise Terminated if SIGTERM arrived. The handler raises at once too, but where it lands is chance: an
+    exception raised inside a framework's data iterator (seen with Keras's JAX trainer) can be swallowed there,
+    so a per-batch callback asks again."""
+    if _TERMINATED:
+        raise Terminated(_TERMINATED[0])
+
+
 def _sigterm_raises():
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
+    _TERMINATED.clear()
 
     def handler(signum, frame):
-        raise Terminated(f"{signal.Signals(signum).name} (signal {signum})")
+        _TERMINATED.append(f"{signal.Signals(signum).name} (signal {signum})")
+        raise Terminated(_TERMINATED[0])
 
     previous = signal.signal(signal.SIGTERM, handler)
     return lambda: signal.signal(signal.SIGTERM, previous)

@@ -177,6 +177,7 @@ def _callbacks(cfg, run_id: str, backup, kept) -> list:
 
     # The backup commits an epoch before MLflow logs it: see src/resume.py for why this order.
     found = [
+        callbacks.StopOnSignal(),
         keras.callbacks.TerminateOnNaN(),
         backup,
         callbacks.MLflowMetrics(run_id, finished_epochs=backup.epochs, outbox=kept),
