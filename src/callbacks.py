@@ -99,10 +99,10 @@ def numeric_logs(logs: dict | None) -> dict[str, float]:
 
 
 class StopOnSignal(keras.callbacks.Callback):
-    """Ends training at the next batch once SIGTERM arrived (runs.raise_if_terminated says why it is needed)."""
+    """Ends training at the next batch once Ctrl-C or SIGTERM arrived (runs.raise_if_interrupted says why)."""
 
     def on_train_batch_end(self, batch, logs=None):
-        runs.raise_if_terminated()
+        runs.raise_if_interrupted()
 
     def on_test_batch_end(self, batch, logs=None):
-        runs.raise_if_terminated()
+        runs.raise_if_interrupted()

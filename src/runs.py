@@ -99,10 +99,11 @@ def run(
         "MLflow run %s (%s) in experiment %s at %s%s",
         run_name, active.info.run_id, experiment_id, redact(uri), " (resumed)" if resume_run_id else "",
     )
-    restore = _sigterm_raises()
+    restore = _signals_raise()
     heartbeat = liveness.Heartbeat(client, active.info.run_id).start()  # within long epochs
     try:
         yield active
+        raise_if_interrupted()  # one swallowed on the way still ends the run KILLED, not FINISHED
     except (KeyboardInterrupt, SystemExit) as err:  # SystemExit: submitit's requeue exits so
         _end(active, "KILLED", _interrupt_reason(err), outbox)
         raise
@@ -175,25 +176,33 @@ def _end(active, status: str, reason: str | None, outbox: Outbox | None) -> None
         log.error("Run %s ended %s: %s", run_id, status, reason)
 
 
-_TERMINATED: list[str] = []  # SIGTERM's description once it arrived (see raise_if_terminated)
+_INTERRUPTED: list[BaseException] = []  # the Ctrl-C or SIGTERM that arrived (see raise_if_interrupted)
 
 
-def raise_if_terminated() -> None:
-    """Raise Terminated if SIGTERM arrived. The handler raises at once too, but where it lands is chance: an
-    exception raised inside a framework's data iterator (seen with Keras's JAX trainer) can be swallowed there,
-    so a per-batch callback asks again."""
-    if _TERMINATED:
-        raise Terminated(_TERMINATED[0])
+def raise_if_interrupted() -> None:
+    """Raise again the Ctrl-C (KeyboardInterrupt) or SIGTERM (Terminated) that arrived during the run.
+
+    The signal handler raises at once too, but where that exception lands is chance: one raised inside a
+    framework's data iterator can be swallowed there (seen with Keras's JAX trainer, for both signals), and
+    training would go on to FINISHED. So per-batch callbacks and the end of the run ask again.
+    """
+    if _INTERRUPTED:
+        raise _INTERRUPTED[0]
 
 
-def _sigterm_raises():
+def _signals_raise():
+    """Ctrl-C and SIGTERM raise (and are remembered) while a run is open, in the main thread."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    _TERMINATED.clear()
+    _INTERRUPTED.clear()
 
     def handler(signum, frame):
-        _TERMINATED.append(f"{signal.Signals(signum).name} (signal {signum})")
-        raise Terminated(_TERMINATED[0])
+        if not _INTERRUPTED:
+            _INTERRUPTED.append(
+                KeyboardInterrupt() if signum == signal.SIGINT
+                else Terminated(f"{signal.Signals(signum).name} (signal {signum})")
+            )
+        raise _INTERRUPTED[0]
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(signum, old) for signum, old in previous.items()]

@@ -201,26 +201,35 @@ def test_08_nan_loss_stops_at_once_and_fails_the_run(args, experiment, capfd):
 
 
 class SignalAt(__import__("keras").callbacks.Callback):
-    """Sends this process `signum` in the middle of epoch `epoch` (0-based), as scancel or Ctrl-C would."""
+    """Sends this process `signum` in the middle of epoch `epoch` (0-based), as scancel or Ctrl-C would.
 
-    def __init__(self, signum: int, epoch: int = 1, batch: int = 2):
+    With `swallow`, the exception that the signal raises is caught here, as a framework's data iterator can
+    catch it (Keras's JAX trainer did, and the run went on to FINISHED).
+    """
+
+    def __init__(self, signum: int, epoch: int = 1, batch: int = 2, swallow: bool = False):
         super().__init__()
-        self.signum, self.epoch, self.batch, self.current = signum, epoch, batch, -1
+        self.signum, self.epoch, self.batch, self.swallow, self.current = signum, epoch, batch, swallow, -1
 
     def on_epoch_begin(self, epoch, logs=None):
         self.current = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         if self.current == self.epoch and batch == self.batch:
-            os.kill(os.getpid(), self.signum)
+            try:
+                os.kill(os.getpid(), self.signum)
+            except KeyboardInterrupt:
+                if not self.swallow:
+                    raise
 
 
+@pytest.mark.parametrize("swallow", [False, True], ids=["raised", "swallowed"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_09_signal_mid_epoch_kills_the_run_keeping_metrics_and_checkpoint(
-    args, experiment, tmp_path, signum, monkeypatch, capfd
+    args, experiment, tmp_path, signum, swallow, monkeypatch, capfd
 ):
     real = train._callbacks
-    monkeypatch.setattr(train, "_callbacks", lambda *a: [*real(*a), SignalAt(signum, epoch=1, batch=2)])
+    monkeypatch.setattr(train, "_callbacks", lambda *a: [*real(*a), SignalAt(signum, epoch=1, batch=2, swallow=swallow)])
     code, output = main([*args, "trainer.epochs=5"], capfd)
     assert code == 130, output
     assert "Interrupted: any MLflow run was ended KILLED, keeping the metrics logged so far." in output
