@@ -181,3 +181,10 @@ def pytest_configure(config):
     # Keras (and absl's logging with it) first imported inside a captured test would bind its log handler to
     # pytest's capture stream, which is closed after that test ("I/O operation on closed file"): import it now.
     import keras  # noqa: F401
+
+
+def pytest_collection_modifyitems(config, items):
+    # A test that asks for a trained run trains, whether or not its author marked it (mutmut leaves it out).
+    for item in items:
+        if "train_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.trains)
