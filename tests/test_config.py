@@ -1,13 +1,21 @@
-"""Composition: every option of every group, the schema's refusals, and the range checks."""
+"""Composition and its checks: every option of every group, the schema's refusals, the range and pairing checks,
+and the helpers around them (options, register, the quoting hint for non-ASCII overrides, the metric's direction)."""
 
 from __future__ import annotations
 
+import copy
+import functools
+import re
+import shutil
+
 import pytest
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from conftest import ROOT, compose
 from src import config
+from src.errors import UserError
 
 # Derived from conf/, never typed by hand: a new option is composed and validated by the tests below.
 GROUPS = {g: sorted(p.stem for p in (ROOT / "conf" / g).glob("*.yaml")) for g in ("dataset", "model", "optimizer", "hardware")}
@@ -140,3 +148,363 @@ def test_out_of_range_values_are_refused(override, fragment):
     with pytest.raises(config.ConfigError, match=fragment.replace(".", r"\.")):
         config.validate(cfg)
 
+
+
+def case_id(value) -> str:
+    """A short ASCII test id (mutmut reruns tests by id, and quotes or non-ASCII in ids do not survive that)."""
+    if isinstance(value, dict):
+        value = ",".join(f"{k.replace('__', '.')}={v}" for k, v in value.items()) or "defaults"
+    elif isinstance(value, list):
+        value = "+".join(map(str, value)) or "nothing"
+    return re.sub(r"[^\w.=,+-]+", "_", str(value), flags=re.ASCII)[:40]
+
+
+# --- validate on one composed config per model, changed in memory: composing per case would cost a second each ---
+
+
+@pytest.fixture(scope="module")
+def composed():
+    """The default (MNIST) and the IMDB model's composed configs; each test edits a copy."""
+    return {"mnist": compose([]), "imdb": compose(["model=imdb_dense"])}
+
+
+def edited(composed, base: str, **values):
+    """A copy of a composed config with `values` set as `key=value` overrides would set them (dots as "__")."""
+    cfg = copy.deepcopy(composed[base])
+    for key, value in values.items():
+        OmegaConf.update(cfg, key.replace("__", "."), value, merge=False)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "base,values",
+    [
+        ("mnist", {}),
+        ("imdb", {}),
+        ("mnist", {"trainer__epochs": 1, "trainer__batch_size": 1, "dataset__validation_size": 1}),
+        ("mnist", {"dataset__num_classes": 2, "hardware__steps_per_execution": 1}),
+        ("mnist", {"trainer__early_stopping_patience": 0}),
+        ("mnist", {"trainer__monitor": "val_accuracy"}),
+        ("mnist", {"trainer__monitor": "loss"}),
+        ("mnist", {"trainer__monitor": "accuracy"}),
+        ("mnist", {"optimizer__learning_rate": 1e-9, "optimizer__momentum": 0.0}),
+        ("mnist", {"optimizer__momentum": 0.99}),
+        ("mnist", {"model__rate": 0.0, "model__l2": 0.0}),
+        ("mnist", {"model__rate": 0.99, "model__l2": 1e-4}),
+        ("mnist", {"model__units": [1, 1]}),
+        ("mnist", {"model__units": []}),
+        ("mnist", {"hardware__device_data_budget": 1.0}),
+        ("mnist", {"hardware__device_data_budget": 0.01}),
+        ("mnist", {"model__input_shape": None, "dataset__shape": [1, 1]}),
+        ("mnist", {"model__input_shape": None, "dataset__shape": [1, 1, 1]}),
+        ("mnist", {"model__input_shape": None, "dataset__shape": [32, 32, 3]}),
+        ("mnist", {"hardware__accelerator": "cpu"}),
+        ("mnist", {"hardware__strategy": "mirrored", "hardware__accelerator": "gpu"}),
+        ("mnist", {"tracking__system_metrics_interval": 0.001}),
+        ("imdb", {"dataset__num_words": 4, "dataset__num_bins": 0}),
+        ("imdb", {"dataset__num_bins": 1024}),
+    ],
+    ids=case_id,
+)
+def test_values_at_the_edge_of_their_range_are_accepted(composed, base, values):
+    """The limits are inclusive where the messages say >= and [0, ...: the smallest legal value passes."""
+    config.validate(edited(composed, base, **values))
+
+
+@pytest.mark.parametrize(
+    "base,values,problem",
+    [
+        ("mnist", {"trainer__epochs": 0}, "trainer.epochs=0: must be >= 1"),
+        ("mnist", {"trainer__batch_size": 0}, "trainer.batch_size=0: must be >= 1"),
+        ("mnist", {"dataset__validation_size": 0}, "dataset.validation_size=0: must be >= 1"),
+        ("mnist", {"dataset__num_classes": 1}, "dataset.num_classes=1: must be >= 2"),
+        ("mnist", {"hardware__steps_per_execution": 0}, "hardware.steps_per_execution=0: must be >= 1"),
+        (
+            "mnist",
+            {"trainer__early_stopping_patience": -1},
+            "trainer.early_stopping_patience=-1: must be >= 0 (or null)",
+        ),
+        ("mnist", {"trainer__monitor": "val_acc"}, "trainer.monitor='val_acc': choose from val_loss, val_accuracy, loss, accuracy"),
+        ("mnist", {"trainer__monitor": "val_loss2"}, "trainer.monitor='val_loss2': choose from val_loss, val_accuracy, loss, accuracy"),
+        ("mnist", {"optimizer__learning_rate": 0}, "optimizer.learning_rate=0.0: must be > 0"),
+        ("mnist", {"optimizer__learning_rate": -0.001}, "optimizer.learning_rate=-0.001: must be > 0"),
+        ("mnist", {"optimizer__momentum": 1.0}, "optimizer.momentum=1.0: must be in [0, 1)"),
+        ("mnist", {"optimizer__momentum": -0.1}, "optimizer.momentum=-0.1: must be in [0, 1)"),
+        ("mnist", {"model__rate": 1.0}, "model.rate=1.0: a dropout rate must be in [0, 1)"),
+        ("mnist", {"model__rate": -0.1}, "model.rate=-0.1: a dropout rate must be in [0, 1)"),
+        ("mnist", {"model__l2": -0.01}, "model.l2=-0.01: an L2 penalty must be >= 0"),
+        ("mnist", {"model__units": [16, 0]}, "model.units=[16, 0]: every layer needs >= 1 unit"),
+        ("mnist", {"hardware__device_data_budget": 0.0}, "hardware.device_data_budget=0.0: a fraction in (0, 1]"),
+        ("mnist", {"hardware__device_data_budget": 1.5}, "hardware.device_data_budget=1.5: a fraction in (0, 1]"),
+        ("imdb", {"dataset__num_words": 3}, "dataset.num_words=3: must be >= 4 (indices 0-3 are reserved)"),
+        ("imdb", {"dataset__num_words": None}, "dataset.num_words=None: must be >= 4 (indices 0-3 are reserved)"),
+        ("imdb", {"dataset__num_bins": -1}, "dataset.num_bins=-1: must be >= 0 (0 = no bigram columns)"),
+        *[
+            (
+                "mnist",
+                {"model__input_shape": None, "dataset__shape": shape},
+                f"dataset.shape={shape}: images need [height, width] or [height, width, channels]",
+            )
+            for shape in (None, [], [28], [28, 28, 1, 1], [28, 0], [0, 28, 1])
+        ],
+        (
+            "mnist",
+            {"hardware__strategy": "mirrored", "hardware__accelerator": "cpu"},
+            "hardware.strategy=mirrored with hardware.accelerator=cpu: use hardware=multi_gpu or hardware=cpu",
+        ),
+        (
+            "mnist",
+            {"tracking__system_metrics_interval": 0.0},
+            "tracking.system_metrics_interval=0.0: must be > 0 seconds",
+        ),
+    ],
+    ids=case_id,
+)
+def test_an_out_of_range_value_is_refused_with_its_allowed_range(composed, base, values, problem):
+    """Each check's message names the key, the value given and what is allowed."""
+    with pytest.raises(config.ConfigError) as err:
+        config.validate(edited(composed, base, **values))
+    assert str(err.value) == "invalid configuration:\n  " + problem
+
+
+def test_every_problem_is_listed_at_once_in_a_fixed_order(composed):
+    """One refusal lists them all, so a user fixes everything in one go; it is a UserError (no traceback)."""
+    cfg = edited(
+        composed, "mnist", trainer__epochs=0, trainer__monitor="acc", model__rate=1.5, model__name="mlp", dataset__shape=[32, 32, 3]
+    )
+    with pytest.raises(config.ConfigError) as err:
+        config.validate(cfg, {"model": "mnist_dense"})
+    assert isinstance(err.value, UserError)
+    assert str(err.value) == (
+        "invalid configuration:\n"
+        "  trainer.epochs=0: must be >= 1\n"
+        "  trainer.monitor='acc': choose from val_loss, val_accuracy, loss, accuracy\n"
+        "  model.rate=1.5: a dropout rate must be in [0, 1)\n"
+        "  conf/model/mnist_dense.yaml says model.name='mlp': a model's name must equal its file's name "
+        "(MLflow tags the run model=mnist_dense). Fix: set name: mnist_dense in that file.\n"
+        "  model=mlp takes images of shape [28, 28], but dataset=mnist gives images of shape [32, 32, 3].\n"
+        "    Fix: drop the dataset= override (each model selects its dataset), choose a dataset for mlp: mnist,\n"
+        "    or a model for mnist: (none in conf/model: add one, README: Adding a model)"
+    )
+
+
+@pytest.mark.parametrize(
+    "choices",
+    [None, {}, {"model": "mnist_dense"}, {"dataset": "mnist"}, {"model": "mnist_dense", "dataset": "mnist", "hardware": "x"}],
+    ids=case_id,
+)
+def test_choices_that_match_the_yaml_names_pass(composed, choices):
+    """Hydra's choices are optional, and groups other than model and dataset are not compared."""
+    config.validate(composed["mnist"], choices)
+
+
+@pytest.mark.parametrize(
+    "choices,problem",
+    [
+        (
+            {"dataset": "fashion"},
+            "conf/dataset/fashion.yaml says dataset.name='mnist': a dataset's name must equal its file's name "
+            "(MLflow tags the run dataset=fashion). Fix: set name: fashion in that file.",
+        ),
+        (
+            {"model": "mlp", "dataset": "mnist"},
+            "conf/model/mlp.yaml says model.name='mnist_dense': a model's name must equal its file's name "
+            "(MLflow tags the run model=mlp). Fix: set name: mlp in that file.",
+        ),
+    ],
+    ids=case_id,
+)
+def test_a_yaml_named_unlike_its_file_is_refused_with_the_fix(composed, choices, problem):
+    """The run is tagged with the option's file name, so the YAML's `name` must agree; the message says which line to set."""
+    with pytest.raises(config.ConfigError) as err:
+        config.validate(composed["mnist"], choices)
+    assert str(err.value) == "invalid configuration:\n  " + problem
+
+
+FIX = "    Fix: drop the dataset= override (each model selects its dataset), choose a dataset for "
+
+
+@pytest.fixture(scope="module")
+def crossed():
+    """A model given the other kind's dataset, both ways, as `model=... dataset=...` on the command line composes them."""
+    return {"imdb_dense+mnist": compose(["model=imdb_dense", "dataset=mnist"]), "mnist_dense+imdb": compose(["dataset=imdb"])}
+
+
+@pytest.mark.parametrize(
+    "case,problem",
+    [
+        (
+            "imdb_dense+mnist",
+            "model=imdb_dense takes sequences, but dataset=mnist gives images of shape [28, 28].\n"
+            + FIX
+            + "imdb_dense: imdb,\n    or a model for mnist: mnist_cnn, mnist_dense",
+        ),
+        (
+            "mnist_dense+imdb",
+            "model=mnist_dense takes images of shape [28, 28], but dataset=imdb gives sequences.\n"
+            + FIX
+            + "mnist_dense: mnist,\n    or a model for imdb: imdb_dense, imdb_dropout",
+        ),
+    ],
+)
+def test_a_model_given_the_other_kind_of_dataset_is_refused_with_the_options_that_fit(crossed, case, problem):
+    """The fix lists, from conf/, the datasets the model takes and the models that take the dataset."""
+    with pytest.raises(config.ConfigError) as err:
+        config.validate(crossed[case])
+    assert str(err.value) == "invalid configuration:\n  " + problem
+
+
+@pytest.mark.parametrize(
+    "base,values,problem",
+    [
+        (
+            "mnist",
+            {"model__input_shape": [32, 32]},
+            "model=mnist_dense takes images of shape [32, 32], but dataset=mnist gives images of shape [28, 28].\n"
+            + FIX
+            + "mnist_dense: (none in conf/dataset: add one, README: Adding a dataset),\n"
+            "    or a model for mnist: mnist_cnn, mnist_dense",
+        ),
+        (
+            "mnist",
+            {"dataset__shape": [28, 28, 3]},
+            "model=mnist_dense takes images of shape [28, 28], but dataset=mnist gives images of shape [28, 28, 3].\n"
+            + FIX
+            + "mnist_dense: mnist,\n    or a model for mnist: (none in conf/model: add one, README: Adding a model)",
+        ),
+        (
+            "imdb",
+            {"model__accepts": "images"},
+            "model=imdb_dense takes images, but dataset=imdb gives sequences.\n"
+            + FIX
+            + "imdb_dense: mnist,\n    or a model for imdb: imdb_dense, imdb_dropout",
+        ),
+    ],
+    ids=case_id,
+)
+def test_a_shape_or_kind_no_option_fits_says_how_to_add_one(composed, base, values, problem):
+    """Where nothing in conf/ fits, the fix points to the README section that adds one."""
+    with pytest.raises(config.ConfigError) as err:
+        config.validate(edited(composed, base, **values))
+    assert str(err.value) == "invalid configuration:\n  " + problem
+
+
+def test_every_option_that_fits_is_listed(crossed, tmp_path, monkeypatch):
+    """With a second 28x28 image dataset in conf/, the fix offers both, comma-separated, in name order."""
+    conf = tmp_path / "conf"
+    for group in ("model", "dataset"):
+        shutil.copytree(ROOT / "conf" / group, conf / group)
+    (conf / "dataset" / "fashion.yaml").write_text("name: fashion\nkind: images\nfile: f.npz\nshape: [28, 28]\n")
+    monkeypatch.setattr(config, "options", functools.partial(config.options, conf_dir=conf))  # read the copy
+    with pytest.raises(config.ConfigError) as err:
+        config.validate(crossed["mnist_dense+imdb"])
+    assert str(err.value).endswith(FIX + "mnist_dense: fashion, mnist,\n    or a model for imdb: imdb_dense, imdb_dropout")
+
+
+def test_a_model_without_input_shape_takes_any_shape_of_its_kind(composed):
+    """input_shape=null: the model adapts to the dataset's shape; only the kind must agree."""
+    config.validate(edited(composed, "mnist", model__input_shape=None, dataset__shape=[64, 48, 3]))
+
+
+# --- the options of a group, as found in conf/ ---
+
+
+def test_options_reads_every_yaml_of_a_group_in_name_order(tmp_path):
+    """Plain files are the option's dict, `@package _global_` files give their group's part, anything else {}."""
+    group = tmp_path / "model"
+    group.mkdir()
+    (group / "b_global.yaml").write_text("# @package _global_\nmodel:\n  name: b_global\n  units: [4]\ntrainer:\n  epochs: 3\n")
+    (group / "a_plain.yaml").write_text("name: a_plain\naccepts: images\n")
+    (group / "c_list.yaml").write_text("- 1\n- 2\n")
+    (group / "d_empty.yaml").write_text("")
+    (group / "notes.txt").write_text("name: not an option\n")
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "other.yaml").write_text("name: other\n")
+
+    found = config.options("model", tmp_path)
+    assert list(found) == ["a_plain", "b_global", "c_list", "d_empty"]
+    assert found == {
+        "a_plain": {"name": "a_plain", "accepts": "images"},
+        "b_global": {"name": "b_global", "units": [4]},
+        "c_list": {},
+        "d_empty": {},
+    }
+    assert config.options("optimizer", tmp_path) == {}  # a group without a folder has no options
+
+
+def test_options_default_to_the_projects_conf():
+    """Without a folder, options() reads conf/: what validate's fix lists come from."""
+    models, datasets = config.options("model"), config.options("dataset")
+    assert list(models) == GROUPS["model"] and list(datasets) == GROUPS["dataset"]
+    assert models["mnist_dense"] == {"name": "mnist_dense", "accepts": "images", "input_shape": [28, 28], "units": [512]}
+    assert datasets["mnist"]["shape"] == [28, 28] and datasets["imdb"]["kind"] == "sequences"
+
+
+def test_register_stores_the_schema_that_conf_config_yaml_starts_from(monkeypatch):
+    """conf/config.yaml's defaults begin with base_config: register() must put the Config schema under that name."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    monkeypatch.setattr(store, "repo", {k: v for k, v in store.repo.items() if k != "base_config.yaml"})  # restored after
+    config.register()
+    node = store.load("base_config.yaml").node
+    assert OmegaConf.get_type(node) is config.Config
+    assert node.trainer.epochs == 5 and node.seed == 42
+
+
+# --- command-line names, the metric's direction ---
+
+QUOTE_HINT = ": Hydra reads non-ASCII characters only inside quotes.\nFix: quote the value for Hydra, and the whole override for the shell: "
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["trainer.epochs=1", "model=imdb_dense"],
+        ['tracking.experiment_name="Größe"'],
+        ["tracking.experiment_name='Größe'"],
+        ["tracking.experiment_name='学习率' + \"é\""],
+        ["--multirun", "--config-path=/tmp/Größe"],
+        *[[flag, "/tmp/Größe", "trainer.epochs=1"] for flag in ("-cp", "-cn", "-cd", "--config-path", "--config-name", "--config-dir")],
+    ],
+    ids=case_id,
+)
+def test_quoted_non_ascii_flags_and_their_values_pass(argv):
+    """Only overrides are checked; a flag's separate value (-cd /tmp/Größe) is a path, not an override."""
+    assert config.unquoted_non_ascii(argv) is None
+
+
+@pytest.mark.parametrize(
+    "argv,hint",
+    [
+        (["tracking.experiment_name=Größe"], "tracking.experiment_name=Größe" + QUOTE_HINT + """'tracking.experiment_name="Größe"'"""),
+        (["a=1", "b=é", "c=ü"], "b=é" + QUOTE_HINT + """'b="é"'"""),
+        (["-m", "x=ß,y"], "x=ß,y" + QUOTE_HINT + """'x="ß,y"'"""),  # -m takes no value: the next word is an override
+        (["-cn", "config", "x=ß"], "x=ß" + QUOTE_HINT + """'x="ß"'"""),
+        (["x=a=ß"], "x=a=ß" + QUOTE_HINT + """'x="a=ß"'"""),  # the key ends at the first "="
+        (["x='a'ß"], "x='a'ß" + QUOTE_HINT + """'x="'a'ß"'"""),
+        (['x="a"ß'], 'x="a"ß' + QUOTE_HINT + """'x=""a"ß"'"""),
+    ],
+    ids=case_id,
+)
+def test_the_first_unquoted_non_ascii_override_gets_a_ready_to_paste_fix(argv, hint):
+    """Hydra's own error for it is a bare LexerNoViableAltException; this one names the override and the quoting."""
+    assert config.unquoted_non_ascii(argv) == hint
+
+
+@pytest.mark.parametrize("monitor,lower", [("val_loss", True), ("loss", True), ("val_accuracy", False), ("accuracy", False)])
+def test_the_best_value_is_the_lowest_loss_or_the_highest_accuracy(monitor, lower):
+    """best() picks by the monitor's direction, on plain values or on records through `key`."""
+    assert config.lower_is_better(monitor) is lower
+    assert config.best([0.3, 0.1, 0.2], monitor) == (0.1 if lower else 0.3)
+    runs = [("a", 0.3), ("b", 0.1), ("c", 0.2)]
+    assert config.best(runs, monitor, key=lambda run: run[1]) == (("b", 0.1) if lower else ("a", 0.3))
+
+
+def test_experiment_name_is_the_tracking_setting_else_the_dataset():
+    """A run lands in tracking.experiment_name when set (even to a dataset's name), else in its dataset's experiment."""
+    cfg = OmegaConf.create({"tracking": {"experiment_name": None}, "dataset": {"name": "imdb"}})
+    assert config.experiment_name(cfg) == "imdb"
+    cfg.tracking.experiment_name = "mine"
+    assert config.experiment_name(cfg) == "mine"
