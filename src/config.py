@@ -203,14 +203,10 @@ def options(group: str, conf_dir: Path = CONF_DIR) -> dict[str, dict]:
 
 
 def _accepts(model: dict, dataset: dict) -> bool:
-    if model.get("accepts") != _value(dataset.get("kind")):
+    if model.get("accepts") != dataset.get("kind"):
         return False
     shape = model.get("input_shape")
     return shape is None or list(shape) == list(dataset.get("shape") or [])
-
-
-def _value(x):
-    return x.value if isinstance(x, Enum) else x
 
 
 def validate(cfg: DictConfig | Any, choices: dict | None = None) -> None:
@@ -269,10 +265,11 @@ def validate(cfg: DictConfig | Any, choices: dict | None = None) -> None:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
 
-def _pairing(model, dataset) -> list[str]:
+def _pairing(model: DictConfig, dataset: DictConfig) -> list[str]:
     """A model that cannot take the dataset's input, with the options that fit either way."""
-    m = OmegaConf.to_container(model, enum_to_str=True) if OmegaConf.is_config(model) else dict(model)
-    d = OmegaConf.to_container(dataset, enum_to_str=True) if OmegaConf.is_config(dataset) else dict(dataset)
+    # plain values, as in the YAML files that options() reads (an Enum becomes its name)
+    m = OmegaConf.to_container(model, enum_to_str=True)
+    d = OmegaConf.to_container(dataset, enum_to_str=True)
     if _accepts(m, d):
         return []
     needs = f"{m['accepts']}" + (f" of shape {list(m['input_shape'])}" if m.get("input_shape") else "")
