@@ -1,7 +1,7 @@
 """`python -m mutmut` for a package that is itself named `src` (README "Tests"):
 
     python tests/run_mutmut.py scope --max-children 2     # every mutant of SCOPE (the modules that do not train)
-    python tests/run_mutmut.py score                      # killed / generated per module, from the last runs
+    python tests/run_mutmut.py score [MUTANTS_DIR ...]    # killed / generated per module, from the last runs
     python tests/run_mutmut.py run --max-children 1 "src.outbox.*"   # any subset; results, show NAME as in mutmut
 
 mutmut 3 takes a top-level `src/` for a layout folder: it drops "src." from mutant names, while
@@ -46,14 +46,20 @@ SCOPE = (
 )
 
 
-def score(mutants: Path = Path("mutants")) -> int:
+def score(folders: list[Path]) -> int:
     """Print killed / generated per module of SCOPE (a timeout counts as killed, as in mutmut; a mutant that no
-    test reaches, or that was never checked, counts against the score). Exit status 1 below 90%."""
+    test reaches, or that was never checked, counts against the score). Exit status 1 below 90%.
+
+    `folders`: mutmut's `mutants/` folders (default ./mutants); a later folder's result for a mutant wins, so
+    parts of the scope run in separate checkouts can be added up."""
     from fnmatch import fnmatchcase
 
     codes = {}
-    for meta in sorted(mutants.glob("src/*.py.meta")):
-        codes.update(json.loads(meta.read_text())["exit_code_by_key"])
+    for mutants in folders:
+        for meta in sorted(mutants.glob("src/*.py.meta")):
+            for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+                if code is not None or name not in codes:  # a checked result is not undone by "not checked"
+                    codes[name] = code
     totals: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for name, code in codes.items():
         if any(fnmatchcase(name, pattern) for pattern in SCOPE):
@@ -76,7 +82,7 @@ def score(mutants: Path = Path("mutants")) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["score"]:
-        sys.exit(score())
+        sys.exit(score([Path(p) for p in sys.argv[2:]] or [Path("mutants")]))
     if sys.argv[1:2] == ["scope"]:
         sys.argv[1:] = ["run", *sys.argv[2:], *SCOPE]
     sys.argv[0] = "mutmut"
