@@ -70,7 +70,8 @@ def score(folders: list[Path]) -> int:
     for module, counts in sorted(totals.items()):
         killed = counts["killed"] + counts["timeout"]
         generated = sum(counts.values())
-        others = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if s not in ("killed", "timeout"))
+        others = ", ".join(f"{n} {s}" + (" (counted killed)" if s == "timeout" else "")
+                           for s, n in sorted(counts.items()) if s != "killed")
         print(f"{module:<12}{killed:>8}{generated:>6}{killed / generated:>8.1%}   {others}")
         killed_all, generated_all = killed_all + killed, generated_all + generated
     if not generated_all:
