@@ -5,11 +5,13 @@ Imports MLflow but never Keras: `python -m src.compare` and `python -m src.outbo
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import logging
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -92,7 +94,7 @@ def check(uri: str) -> None:
         for var, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(var, value)
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
+            with urllib.request.urlopen(_health_request(uri), timeout=10) as response:
                 response.read()
         except (urllib.error.URLError, OSError) as err:
             raise TrackingError(
@@ -108,6 +110,19 @@ def check(uri: str) -> None:
             "tracking store's folder",
             "free space or fix its permissions, or set tracking.tracking_uri / MLFLOW_TRACKING_URI to a writable place.",
         )
+
+
+def _health_request(uri: str) -> urllib.request.Request:
+    """GET <server>/health. urllib takes a URI's user:password@ for part of the host name: they go in a Basic
+    auth header instead, as MLflow's own client (requests) sends them."""
+    parts = urllib.parse.urlsplit(uri.rstrip("/"))
+    userinfo, _, host = parts.netloc.rpartition("@")
+    request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=host)) + "/health")
+    if userinfo:
+        user, _, password = userinfo.partition(":")
+        credentials = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(credentials.encode()).decode())
+    return request
 
 
 def connect(uri: str, experiment_name: str) -> str:
@@ -154,5 +169,8 @@ def _experiment_id(database: Path | None, experiment_name: str) -> str:
     location = (database.parent / "artifacts").as_uri() if database is not None else None
     try:
         return mlflow.create_experiment(experiment_name, artifact_location=location)
-    except mlflow.exceptions.MlflowException:  # created by a concurrent job meanwhile
-        return mlflow.get_experiment_by_name(experiment_name).experiment_id
+    except mlflow.exceptions.MlflowException:
+        experiment = mlflow.get_experiment_by_name(experiment_name)
+        if experiment is None:  # not created by a concurrent job meanwhile: the store refused the name
+            raise
+        return experiment.experiment_id
