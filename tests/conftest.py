@@ -67,13 +67,10 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def store(tmp_path_factory) -> str:
-    """A real SQLite MLflow store shared by the session (creating its schema takes seconds)."""
-    import mlflow
+    """A real SQLite MLflow store shared by the session (a copy of one migrated once: see sqlite_store)."""
+    from sqlite_store import empty_store
 
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.search_experiments()  # runs the schema migrations once
-    return uri
+    return empty_store(tmp_path_factory.mktemp("mlruns"))
 
 
 @pytest.fixture

@@ -16,8 +16,9 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 
-def empty_store(folder: Path) -> str:
-    """A copy of the migrated empty store as `folder`/mlflow.db, made MLflow's current store; returns its URI."""
+def empty_store(folder: Path, current: bool = True) -> str:
+    """A copy of the migrated empty store as `folder`/mlflow.db; returns its URI. With `current`, it becomes
+    MLflow's current store (mlflow.set_tracking_uri, which also exports MLFLOW_TRACKING_URI)."""
     template = Path(tempfile.gettempdir()) / f"le5-tests-mlflow-{mlflow.__version__}-empty.db"
     if not template.exists():
         building = Path(tempfile.mkdtemp(dir=template.parent)) / "mlflow.db"
@@ -27,5 +28,6 @@ def empty_store(folder: Path) -> str:
     database = Path(folder) / "mlflow.db"
     shutil.copyfile(template, database)
     uri = f"sqlite:///{database}"
-    mlflow.set_tracking_uri(uri)
+    if current:
+        mlflow.set_tracking_uri(uri)
     return uri

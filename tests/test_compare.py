@@ -5,13 +5,9 @@ The first tests train real runs; the rest build runs directly in a SQLite store 
 
 from __future__ import annotations
 
-import atexit
 import hashlib
-import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +19,7 @@ from mlflow.entities import Metric, Param, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from sqlite_store import empty_store
 from src import compare
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -118,18 +115,10 @@ def test_output_folder_names_keep_unicode_and_never_collide():
 T0 = 1_700_000_000_000  # a start time in ms; runs below start minutes apart from it
 NAME = "mnist_activation"  # the experiment of the tests below (each has a store of its own)
 
-# An empty store: MLflow's schema migrations take seconds, copying their result milliseconds. Made on import,
-# so that mutmut's fork server (which imports the tests once) makes it once for all the mutants it tests.
-_EMPTY_STORE = Path(tempfile.mkdtemp(prefix="test-compare-")) / "mlflow.db"
-MlflowClient(f"sqlite:///{_EMPTY_STORE}").search_experiments()
-atexit.register(lambda pid=os.getpid(): os.getpid() == pid and shutil.rmtree(_EMPTY_STORE.parent, True))
-
-
 @pytest.fixture
 def db(tmp_path) -> str:
     """A SQLite store of this test's own, empty but for MLflow's "Default" experiment: its URI."""
-    shutil.copyfile(_EMPTY_STORE, tmp_path / "mlflow.db")
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return empty_store(tmp_path, current=False)
 
 
 @pytest.fixture
