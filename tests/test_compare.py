@@ -10,7 +10,6 @@ import re
 import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
