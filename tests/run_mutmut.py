@@ -50,13 +50,19 @@ def score(folders: list[Path]) -> int:
     """Print killed / generated per module of SCOPE (a timeout counts as killed, as in mutmut; a mutant that no
     test reaches, or that was never checked, counts against the score). Exit status 1 below 90%.
 
-    `folders`: mutmut's `mutants/` folders (default ./mutants); a later folder's result for a mutant wins, so
-    parts of the scope run in separate checkouts can be added up."""
+    `folders`: mutmut's `mutants/` folders (default ./mutants), so that parts of the scope run in separate
+    checkouts of the same code add up: a later folder's result for a mutant wins, and where a module's file
+    differs between folders, only the later folder's results for it count."""
     from fnmatch import fnmatchcase
 
-    codes = {}
+    codes: dict[str, int | None] = {}
+    sources: dict[str, bytes] = {}  # the mutated file each module's results belong to
     for mutants in folders:
         for meta in sorted(mutants.glob("src/*.py.meta")):
+            source = meta.with_suffix("").read_bytes()
+            if sources.get(meta.name, source) != source:  # another version of the file: its results alone count
+                codes = {k: v for k, v in codes.items() if not k.startswith(f"src.{meta.name.split('.')[0]}.")}
+            sources[meta.name] = source
             for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
                 if code is not None or name not in codes:  # a checked result is not undone by "not checked"
                     codes[name] = code
