@@ -73,6 +73,22 @@ def store(tmp_path_factory) -> str:
     return empty_store(tmp_path_factory.mktemp("mlruns"))
 
 
+@pytest.fixture(autouse=True)
+def _tracking_uri_restored():
+    """Where a test points MLflow (mlflow.set_tracking_uri, which also exports MLFLOW_TRACKING_URI) is undone after
+    it: no test sees the store of one that ran before it, whatever the order."""
+    import mlflow
+
+    uri, exported = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if mlflow.get_tracking_uri() != uri:
+        mlflow.set_tracking_uri(uri)
+    if exported is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = exported
+
+
 @pytest.fixture
 def experiment(store, request) -> str:
     """A fresh experiment name per test, so each test sees only its own runs."""

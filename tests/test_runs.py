@@ -22,19 +22,12 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sqlite_store import empty_store
 from src import outbox, runs
 from src import store as stores
 
 
 class Stray(Exception):
     """A signal that reached the handler the test had installed: the run did not take it."""
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    """This module's own SQLite store, copied from a migrated empty one (see tests/sqlite_store.py)."""
-    return empty_store(tmp_path_factory.mktemp("mlruns"))
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sqlite_store import empty_store
 from src import store as stores
 from src.errors import UserError
 from src.paths import PROJECT_ROOT
@@ -79,12 +78,6 @@ def fake_server(answers: dict[str, tuple[int, dict | str]]):
     finally:
         server.shutdown()
         server.server_close()
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    """This module's own SQLite store, copied from a migrated empty one (see tests/sqlite_store.py)."""
-    return empty_store(tmp_path_factory.mktemp("mlruns"))
 
 
 @pytest.fixture
