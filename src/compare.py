@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("targets", nargs="+", help="an experiment name, a sweep's parent run id, or run ids")
     parser.add_argument("--tracking-uri", default=None,
-                        help=f"default: $MLFLOW_TRACKING_URI, else {store.SQLITE}{store.DEFAULT_STORE / 'mlflow.db'}")
+                        help=f"default: $MLFLOW_TRACKING_URI, else {store.DEFAULT_URI}")
     parser.add_argument("--last", type=int, default=None, help="only the N most recent runs of each experiment/sweep")
     parser.add_argument("--out", type=Path, default=None, help="folder for compare.png and report.md "
                         "(default: outputs/compare/<targets>)")

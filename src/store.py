@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STORE = PROJECT_ROOT / "mlruns"
 SQLITE = "sqlite:///"
+DEFAULT_URI = f"{SQLITE}{DEFAULT_STORE / 'mlflow.db'}"  # when neither tracking.tracking_uri nor the variable is set
 # MLflow's HTTP client retries 7 times with a backoff factor of 2 (minutes) and waits 120 s per
 # request by default: a lost server would stall every epoch. These short defaults give up after
 # a few seconds and leave the rest to the Outbox; a user's own settings win.
@@ -43,7 +44,7 @@ class TrackingError(UserError):
 
 def tracking_uri(configured: str | None) -> str:
     """tracking.tracking_uri, else $MLFLOW_TRACKING_URI, else SQLite under <project>/mlruns."""
-    return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"{SQLITE}{DEFAULT_STORE / 'mlflow.db'}"
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
 def sqlite_path(uri: str) -> Path | None:
