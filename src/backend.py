@@ -4,7 +4,6 @@ $KERAS_BACKEND once, at its first import."""
 from __future__ import annotations
 
 import importlib.abc
-import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -95,10 +94,3 @@ def set_random_seed(backend: Backend, seed: int) -> None:
         keras.utils.set_random_seed(seed)
     finally:
         sys.meta_path.remove(finder)
-
-
-def version(backend: Backend) -> str:
-    try:
-        return importlib.metadata.version(PACKAGES[backend])
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"

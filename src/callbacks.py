@@ -10,7 +10,7 @@ import keras
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from . import liveness, runs
+from . import liveness, names, runs
 from .outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class MLflowMetrics(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         now = int(time.time() * 1000)
         values = numeric_logs(logs)
-        values["epoch_time_s"] = time.perf_counter() - self._epoch_start
+        values[names.EPOCH_TIME] = time.perf_counter() - self._epoch_start
         metrics = [Metric(k, v, now, epoch + 1) for k, v in values.items() if epoch + 1 not in self._logged.get(k, ())]
         if metrics:
             send = self.client.log_batch if self.outbox is None else self.outbox.log_metrics

@@ -26,13 +26,13 @@ from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from . import config, liveness, plots, store
+from . import config, liveness, names, plots, store
 from .paths import PROJECT_ROOT
 from .tables import markdown_table, text_table
 
-PARENT_TAG = "mlflow.parentRunId"
+PARENT_TAG = names.PARENT_RUN
 RUN_ID = re.compile(r"[0-9a-f]{32}")
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+HISTORY_KEYS = names.HISTORY
 # Params that always differ between runs and say nothing about the experiment.
 IGNORED_PARAMS = {"tracking.tracking_uri", "data_dir"}
 
@@ -83,35 +83,21 @@ def _resolve_one(client: MlflowClient, target: str, last: int | None) -> list:
         except MlflowException:
             run = None
         if run is not None:
-            children = _search(client, [run.info.experiment_id], f"tags.`{PARENT_TAG}` = '{target}'")
+            children = store.search_runs(client, [run.info.experiment_id], f"tags.`{PARENT_TAG}` = '{target}'")
             return children[-last:] if (children and last) else (children or [run])
     experiment = client.get_experiment_by_name(target)
     if experiment is None:
-        names = sorted(e.name for e in client.search_experiments(view_type=ViewType.ALL))
+        known = sorted(e.name for e in client.search_experiments(view_type=ViewType.ALL))
         raise CompareError(
             f"{target!r} is neither a run id nor an experiment in this store.\n"
-            f"Experiments here: {', '.join(names) or '(none)'}.\n"
+            f"Experiments here: {', '.join(known) or '(none)'}.\n"
             "Fix: pass an experiment name, a sweep's parent run id or run ids (see the MLflow UI or "
             "`mlflow runs list --experiment-id ID`), or --tracking-uri for another store."
         )
-    runs = _search(client, [experiment.experiment_id], "")
+    runs = store.search_runs(client, [experiment.experiment_id])
     parents = {r.data.tags.get(PARENT_TAG) for r in runs}
     runs = [r for r in runs if r.info.run_id not in parents]  # a sweep's parent has no epochs of its own
     return runs[-last:] if last else runs
-
-
-def _search(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list:
-    """All matching runs, oldest first (search_runs pages at most 1000 at a time)."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            experiment_ids, filter_string, ViewType.ACTIVE_ONLY, max_results=1000,
-            order_by=["attributes.start_time ASC"], page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def summarise(client: MlflowClient, run) -> RunSummary:
@@ -129,10 +115,10 @@ def summarise(client: MlflowClient, run) -> RunSummary:
         status=info.status,
         params=dict(data.params),
         history=history,
-        test={k: v for k, v in data.metrics.items() if k.startswith("test_")},
+        test={k: v for k, v in data.metrics.items() if k.startswith(names.TEST_PREFIX)},
         wall_s=wall,
         parent=data.tags.get(PARENT_TAG),
-        failure=data.tags.get("failure_reason"),
+        failure=data.tags.get(names.FAILURE_REASON),
     )
 
 

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from . import backend, config, data
+from . import backend, config, data, provenance
 from .config import Accelerator, Backend
 from .paths import PROJECT_ROOT
 from .redaction import redact
@@ -126,7 +126,7 @@ def run(overrides: list[str]) -> int:
     chosen, why = backend.choose(cfg.backend)
     with ThreadPoolExecutor(max_workers=len(Backend)) as pool:  # the backends' imports overlap
         found = {b: pool.submit(probe, b.value) if _installed(b) else None for b in Backend}
-        keras_version = _version("keras")
+        keras_version = provenance.version("keras")
         say(keras_version != "unknown", f"Keras {keras_version}", blocks=True)
         for b, future in found.items():
             mark = " (chosen: " + why + ")" if b == chosen else ""
@@ -180,15 +180,6 @@ def _installed(b: Backend) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(backend.PACKAGES[b]) is not None
-
-
-def _version(package: str) -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

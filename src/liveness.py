@@ -28,10 +28,12 @@ import time
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from . import names, store
+
 log = logging.getLogger(__name__)
 
-HOST, PID, STARTED, BOOT, HEARTBEAT = "owner.host", "owner.pid", "owner.start_ticks", "owner.boot_id", "heartbeat"
-SLURM_JOB = "slurm.job_id"  # set by provenance.tags (runs) and sweep.py (a sweep's parent)
+HOST, PID, STARTED, BOOT = names.OWNER_HOST, names.OWNER_PID, names.OWNER_START_TICKS, names.OWNER_BOOT_ID
+HEARTBEAT, SLURM_JOB = names.HEARTBEAT, names.SLURM_JOB
 HEARTBEAT_S = 120.0  # within a long epoch; every epoch end beats as well
 HEARTBEAT_TIMEOUT_S = 15 * 60  # a run on an unreachable host with no heartbeat for this long is dead
 SLURM_ALIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD",
@@ -151,13 +153,13 @@ def reconcile(client: MlflowClient, experiment_ids: list[str] | None = None) -> 
     if not experiment_ids:
         return []
     ended = []
-    running = client.search_runs(experiment_ids, filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    running = store.search_runs(client, experiment_ids, "attributes.status = 'RUNNING'")
     for run in running:
         reason = why_dead(run.data.tags, run.info.start_time)
         if reason is None:
             continue
         reason = f"Found dead by a later process: {reason}"
-        client.set_tag(run.info.run_id, "failure_reason", reason)
+        client.set_tag(run.info.run_id, names.FAILURE_REASON, reason)
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
         log.warning("Run %s was left RUNNING; ended FAILED: %s", run.info.run_id, reason)
         ended.append(run.info.run_id)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from .config import Accelerator, Backend, ConfigError, Loop, Strategy
 
-TAG = "trainer.loop_resolved"  # the MLflow tag that says which loop a run used
 # auto on a CPU device. Set from benchmarks/bench_compiled.py on the development machine (README).
 AUTO_ON_CPU = Loop.fit
 

@@ -10,14 +10,15 @@ import os
 import socket
 import subprocess
 
+from . import names
 from .paths import PROJECT_ROOT
 from .redaction import redact
 
 SLURM_TAGS = [
-    ("SLURM_JOB_ID", "slurm.job_id"),
-    ("SLURM_ARRAY_JOB_ID", "slurm.array_job_id"),
-    ("SLURM_ARRAY_TASK_ID", "slurm.array_task_id"),
-    ("SLURM_RESTART_COUNT", "slurm.restart_count"),  # > 0: a requeued job resumed this run
+    ("SLURM_JOB_ID", names.SLURM_JOB),
+    ("SLURM_ARRAY_JOB_ID", names.SLURM_ARRAY_JOB),
+    ("SLURM_ARRAY_TASK_ID", names.SLURM_ARRAY_TASK),
+    ("SLURM_RESTART_COUNT", names.SLURM_RESTART_COUNT),  # > 0: a requeued job resumed this run
 ]
 
 
@@ -28,11 +29,11 @@ def tags(choices: dict, overrides: list[str], backend: str) -> dict[str, str]:
     commit, dirty = _git_state()
     found.update(
         {
-            "mlflow.source.git.commit": commit,
+            names.GIT_COMMIT: commit,
             "git.dirty": dirty,
-            "backend": backend,
-            "backend.version": _version(backend),
-            "keras": _version("keras"),
+            names.BACKEND: backend,
+            names.BACKEND_VERSION: version(backend),
+            names.KERAS: version("keras"),
             "host": socket.gethostname(),
         }
     )
@@ -42,7 +43,8 @@ def tags(choices: dict, overrides: list[str], backend: str) -> dict[str, str]:
     return found
 
 
-def _version(package: str) -> str:
+def version(package: str) -> str:
+    """The installed version of a distribution (tensorflow, jax, torch, keras, ...), or "unknown"."""
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:

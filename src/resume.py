@@ -28,6 +28,7 @@ from pathlib import Path
 
 import keras
 
+from . import names
 from .callbacks import numeric_logs
 from .paths import PROJECT_ROOT
 
@@ -131,7 +132,7 @@ class Backup(keras.callbacks.Callback):
     @property
     def history(self) -> dict[str, list[float]]:
         """The finished epochs as Keras's History.history, over all starts of the run."""
-        keys = [k for k in (self.epochs[0] if self.epochs else {}) if k != "epoch_time_s"]
+        keys = [k for k in (self.epochs[0] if self.epochs else {}) if k != names.EPOCH_TIME]
         return {k: [e[k] for e in self.epochs] for k in keys}
 
     def record_run(self, run_id: str) -> None:
@@ -164,7 +165,7 @@ class Backup(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         values = numeric_logs(logs)
-        values["epoch_time_s"] = time.perf_counter() - self._epoch_start
+        values[names.EPOCH_TIME] = time.perf_counter() - self._epoch_start
         if not math.isfinite(values.get("loss", 0.0)):
             return  # a diverged epoch is not worth resuming from; the run fails after fit
         assert epoch == len(self.epochs), f"epoch {epoch + 1} does not follow the backup's {len(self.epochs)}"

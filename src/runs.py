@@ -20,7 +20,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from . import liveness, store
+from . import liveness, names, store
 from .outbox import Outbox
 from .outbox import import_command as outbox_import_command
 from .redaction import redact
@@ -88,7 +88,7 @@ def run(
         mlflow.set_experiment(experiment_id=experiment_id)  # start_run refuses a run outside the active experiment
         active = mlflow.start_run(run_id=resume_run_id, tags=tags, log_system_metrics=system_metrics is not None)
         with contextlib.suppress(mlflow.exceptions.MlflowException):  # the reason of the last stop
-            MlflowClient().delete_tag(resume_run_id, "failure_reason")
+            MlflowClient().delete_tag(resume_run_id, names.FAILURE_REASON)
     else:
         active = mlflow.start_run(
             experiment_id=experiment_id, run_name=run_name, tags=tags, parent_run_id=parent_run_id,
@@ -163,12 +163,12 @@ def _end(active, status: str, reason: str | None, outbox: Outbox | None) -> None
     if outbox is None:
         try:
             if reason:
-                mlflow.set_tag("failure_reason", reason[:4000])
+                mlflow.set_tag(names.FAILURE_REASON, reason[:4000])
         finally:
             mlflow.end_run(status)
     else:
         if reason:
-            outbox.set_tag(run_id, "failure_reason", reason[:4000])
+            outbox.set_tag(run_id, names.FAILURE_REASON, reason[:4000])
         outbox.end(run_id, status)  # sent, or kept in the outbox's file with the import command
         with contextlib.suppress(Exception):
             mlflow.end_run(status)  # clears MLflow's active run (its own set_terminated repeats the outbox's)

@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+from mlflow.entities import ViewType
 
 from .errors import UserError
 from .paths import PROJECT_ROOT
@@ -175,3 +176,21 @@ def _experiment_id(database: Path | None, experiment_name: str) -> str:
         if experiment is None:  # not created by a concurrent job meanwhile: the store refused the name
             raise
         return experiment.experiment_id
+
+
+PAGE_SIZE = 1000  # the most runs MLflow's search_runs returns in one call
+
+
+def search_runs(client, experiment_ids: list[str], filter_string: str = "") -> list:
+    """Every matching active run, oldest first, following search_runs' pages (every caller needs all of them:
+    a reconcile or a sweep summary that stopped at the first page would miss runs)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            experiment_ids, filter_string, ViewType.ACTIVE_ONLY, max_results=PAGE_SIZE,
+            order_by=["attributes.start_time ASC"], page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs

@@ -29,6 +29,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from . import names, store
 from .config import best as best_of
 from .config import lower_is_better
 from .tables import markdown_table
@@ -49,7 +50,7 @@ def parent(sweep_dir: Path | None, overrides: list[str], job_num: int | None) ->
         return None, {}
     record = json.loads(path.read_text())
     # Exact override strings (values may hold spaces, commas, '='), for the summary's table.
-    return record["run_id"], {"sweep.overrides": json.dumps(list(overrides)), "sweep.job_num": str(job_num)}
+    return record["run_id"], {names.SWEEP_OVERRIDES: json.dumps(list(overrides)), names.SWEEP_JOB_NUM: str(job_num)}
 
 
 class MLflowSweep(Callback):
@@ -96,8 +97,8 @@ class MLflowSweep(Callback):
                 "Fix: leave hydra.sweep.dir at its default, or give this sweep a new folder."
             ) from None
         tags = {
-            "sweep.dir": str(self.sweep_dir),
-            "sweep.overrides": json.dumps(list(config.hydra.overrides.task)),
+            names.SWEEP_DIR: str(self.sweep_dir),
+            names.SWEEP_OVERRIDES: json.dumps(list(config.hydra.overrides.task)),
             "host": socket.gethostname(),
             # The driver owns the parent: if it dies hard, a later train/compare ends the parent FAILED.
             # With slurm.job_id when the driver itself is a job (slurm/sweep.sbatch).
@@ -146,17 +147,17 @@ class MLflowSweep(Callback):
         text, best = summary(children, self.monitor)
         client.log_text(self.parent_run_id, text, SUMMARY_FILE)
         (self.sweep_dir / SUMMARY_FILE).write_text(text)
-        tags = {"sweep.children": str(len(children))}
+        tags = {names.SWEEP_CHILDREN: str(len(children))}
         if best is not None:
             tags.update(
                 {
-                    "best_run_id": best.info.run_id,
-                    "best_run_name": best.info.run_name,
+                    names.BEST_RUN_ID: best.info.run_id,
+                    names.BEST_RUN_NAME: best.info.run_name,
                     f"best_{self.monitor}": str(best.data.metrics.get(self.monitor)),
                 }
             )
         if reason:
-            tags["failure_reason"] = reason
+            tags[names.FAILURE_REASON] = reason
         for key, value in tags.items():
             client.set_tag(self.parent_run_id, key, value)
         client.set_terminated(self.parent_run_id, status)
@@ -165,8 +166,8 @@ class MLflowSweep(Callback):
 
 def _children(client, parent_run_id: str) -> list:
     experiment_id = client.get_run(parent_run_id).info.experiment_id
-    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
-    return sorted(runs, key=lambda run: int(run.data.tags.get("sweep.job_num", 0)))  # in the sweep's order
+    runs = store.search_runs(client, [experiment_id], f"tags.{names.PARENT_RUN} = '{parent_run_id}'")
+    return sorted(runs, key=lambda run: int(run.data.tags.get(names.SWEEP_JOB_NUM, 0)))  # in the sweep's order
 
 
 def summary(children: list, monitor: str = "val_loss") -> tuple[str, object | None]:
@@ -178,9 +179,9 @@ def summary(children: list, monitor: str = "val_loss") -> tuple[str, object | No
     rows = []
     for run, o in zip(children, overrides):
         m = run.data.metrics
-        job = run.data.tags.get("slurm.job_id", "")
-        if run.data.tags.get("slurm.array_task_id"):
-            job = f"{run.data.tags.get('slurm.array_job_id')}_{run.data.tags['slurm.array_task_id']}"
+        job = run.data.tags.get(names.SLURM_JOB, "")
+        if run.data.tags.get(names.SLURM_ARRAY_TASK):
+            job = f"{run.data.tags.get(names.SLURM_ARRAY_JOB)}_{run.data.tags[names.SLURM_ARRAY_TASK]}"
         rows.append(
             [run.info.run_id[:8], run.info.status, *(o.get(k, "") for k in varying),
              *(f"{m[k]:.4f}" if k in m else "" for k in METRICS), job]
@@ -206,7 +207,7 @@ def summary(children: list, monitor: str = "val_loss") -> tuple[str, object | No
 
 
 def _overrides(run) -> dict[str, str]:
-    raw = run.data.tags.get("sweep.overrides")
+    raw = run.data.tags.get(names.SWEEP_OVERRIDES)
     items = json.loads(raw) if raw else []
     return dict(item.partition("=")[::2] for item in items)
 
@@ -216,7 +217,7 @@ def _end_dead(client, children: list) -> None:
     for run in children:
         if run.info.status != "RUNNING" or _job_alive(run.data.tags):
             continue
-        client.set_tag(run.info.run_id, "failure_reason", "its job ended without ending the run (killed or crashed)")
+        client.set_tag(run.info.run_id, names.FAILURE_REASON, "its job ended without ending the run (killed or crashed)")
         client.set_terminated(run.info.run_id, "FAILED")
         log.error("Child run %s (%s) died without ending: marked FAILED", run.info.run_name, run.info.run_id)
 
@@ -224,7 +225,7 @@ def _end_dead(client, children: list) -> None:
 def _job_alive(tags: dict) -> bool:
     """Is the run's SLURM job still pending or running (a requeued job comes back)? Local jobs ran in
     this process, so a local child still RUNNING when the sweep ends is dead."""
-    job = tags.get("slurm.job_id")
+    job = tags.get(names.SLURM_JOB)
     if not job or not shutil.which("squeue"):
         return False
     try:

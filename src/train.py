@@ -89,8 +89,8 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
     import keras
     import mlflow
 
-    from . import (batches, data, hardware, inputs, models, outbox, preflight, provenance, redaction, resume, runs,
-                   store, sweep)
+    from . import (batches, data, hardware, inputs, models, names, outbox, preflight, provenance, redaction, resume,
+                   runs, store, sweep)
 
     models.check(cfg.model, cfg.optimizer)
     preflight.check_folder(workdir, "output folder", preflight.OUTPUT_FIX)
@@ -106,8 +106,8 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
     log.info("Training loop: %s (%s)", resolved.loop.value, resolved.why)
 
     parent_run_id, sweep_tags = sweep.parent(job.sweep_dir, job.overrides, job.num)
-    run_tags = {**provenance.tags(job.choices, job.overrides, chosen.value), **sweep_tags, "device": device,
-                loop.TAG: resolved.loop.value}
+    run_tags = {**provenance.tags(job.choices, job.overrides, chosen.value), **sweep_tags, names.DEVICE: device,
+                names.LOOP_RESOLVED: resolved.loop.value}
     # Checkpoint of the last finished epoch, in a folder a requeued SLURM job finds again.
     backup = resume.for_run(cfg, chosen.value, ds.sha256, workdir, job.num)
     job.backup_dir = backup.folder
@@ -123,7 +123,7 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
         log.info(ui)
         # the file's sha256 per split: the UI's Dataset column
         kept.log_inputs(run.info.run_id, inputs.records(cfg.dataset.name, ds.path, ds.sha256, ds.sizes))
-        runs.log_params(run, {**redaction.params(cfg), "backend": chosen.value})  # a resumed run keeps its first values
+        runs.log_params(run, {**redaction.params(cfg), names.BACKEND: chosen.value})  # a resumed run keeps its first values
         with scope:
             model = models.build_model(cfg.model, ds.spec)
             model.compile(

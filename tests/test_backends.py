@@ -12,7 +12,7 @@ import mlflow
 import pytest
 
 from conftest import ROOT, base_overrides, run_cli
-from src import backend
+from src import backend, provenance
 from src.config import Backend
 
 BLOCK_TENSORFLOW = """
@@ -54,7 +54,7 @@ def test_jax_trains_with_tensorflow_unimportable(model, data_dir, store, experim
     assert "Backend: jax (backend= in the config or on the command line)" in result.stdout
     [run] = _runs(store, experiment)
     assert run.info.status == "FINISHED"
-    assert run.data.tags["backend"] == "jax" and run.data.tags["backend.version"] == backend.version(Backend.jax)
+    assert run.data.tags["backend"] == "jax" and run.data.tags["backend.version"] == provenance.version("jax")
     assert run.data.params["backend"] == "jax"
 
 

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from sqlite_store import empty_store
 from src import compare
+from src.store import search_runs
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -267,7 +268,7 @@ class PagedList(list):
 def test_search_follows_page_tokens_to_the_last_page():
     """More runs than one page holds: every page is read, in order, each once."""
     paged = PagedStore(list(range(5)))
-    assert compare._search(paged, ["1"], "") == [0, 1, 2, 3, 4]
+    assert search_runs(paged, ["1"], "") == [0, 1, 2, 3, 4]
     assert paged.calls == [None, "2", "4"]
 
 

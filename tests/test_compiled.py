@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import BACKEND, base_overrides, compose, train_composed
-from src import callbacks, config, loop
+from src import callbacks, config, loop, names
 
 jax_only = pytest.mark.skipif(BACKEND != "jax", reason="trains in this process on Keras's JAX backend: KERAS_BACKEND=jax")
 KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s")
@@ -200,7 +200,7 @@ def test_run_logs_one_point_per_epoch_and_the_resolved_loop(train_run, caplog):
     with caplog.at_level("INFO"):
         objective, run = train_run("trainer.loop=compiled", "trainer.epochs=3")
     assert run.info.status == "FINISHED"
-    assert run.data.tags[loop.TAG] == "compiled"
+    assert run.data.tags[names.LOOP_RESOLVED] == "compiled"
     assert steps(run.info.run_id) == {k: [1, 2, 3] for k in KEYS}
     assert run.data.metrics["test_accuracy"] > 0.9
     assert objective == pytest.approx(min(m.value for m in MlflowClient().get_metric_history(run.info.run_id, "val_loss")))
@@ -210,7 +210,7 @@ def test_run_logs_one_point_per_epoch_and_the_resolved_loop(train_run, caplog):
 @jax_only
 def test_auto_on_a_cpu_follows_the_measurement(train_run):
     _, run = train_run()  # trainer.loop=auto, hardware=cpu
-    assert run.data.tags[loop.TAG] == loop.AUTO_ON_CPU.value
+    assert run.data.tags[names.LOOP_RESOLVED] == loop.AUTO_ON_CPU.value
 
 
 @jax_only

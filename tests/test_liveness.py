@@ -163,3 +163,21 @@ def test_every_epoch_beats(store, experiment):
     metrics.on_epoch_end(0, {"loss": 0.5})
     metrics.on_train_end()
     assert time.time() - float(client.get_run(run_id).data.tags[liveness.HEARTBEAT]) < 5
+
+
+def test_reconcile_and_the_sweep_summary_read_every_page_of_runs(store, experiment, monkeypatch):
+    """Past one page of search results (1000 runs in MLflow; 2 here), no dead run and no child is missed."""
+    from src import store as store_module
+    from src import sweep
+
+    monkeypatch.setattr(store_module, "PAGE_SIZE", 2)
+    client = MlflowClient(store)
+    experiment_id = client.create_experiment(experiment)
+    parent = client.create_run(experiment_id, run_name="sweep").info.run_id
+    dead = {**me(), liveness.PID: str(dead_pid())}
+    children = [
+        client.create_run(experiment_id, tags={**dead, "mlflow.parentRunId": parent, "sweep.job_num": str(i)}).info.run_id
+        for i in range(5)
+    ]
+    assert [r.info.run_id for r in sweep._children(client, parent)] == children
+    assert sorted(liveness.reconcile(client, [experiment_id])) == sorted(children)

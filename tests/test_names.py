@@ -37,3 +37,19 @@ def test_one_experiment_per_dataset_by_default(data_dir, store, tmp_path):
     mlflow.set_tracking_uri(store)
     [run] = mlflow.search_runs(experiment_names=["imdb"], output_format="list")
     assert run.data.tags["model"] == "imdb_dropout"
+
+
+def test_mlflow_tag_names_are_spelled_only_in_src_names():
+    """A tag written by one module and read by another is named once (src/names.py): a name spelled twice can
+    drift, and its reader then silently finds nothing."""
+    import re
+
+    from conftest import ROOT
+
+    spelled = re.compile(r"""["'](failure_reason|mlflow\.parentRunId|heartbeat|best_run_id|(sweep|slurm|owner)\.[a-z_]+)["']""")
+    found = {
+        f"{path.name}:{number}": line.strip()
+        for path in sorted((ROOT / "src").glob("*.py")) if path.name != "names.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1) if spelled.search(line)
+    }
+    assert found == {}

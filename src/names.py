@@ -1,0 +1,33 @@
+"""The names of MLflow tags and metrics this project writes and reads, in one place.
+
+Several modules write a tag that others read (the sweep's parent id, a run's failure reason, its owner):
+a name spelled twice can drift, and then a reader silently finds nothing. Imports nothing.
+"""
+
+# MLflow's own tags
+PARENT_RUN = "mlflow.parentRunId"  # a child run's parent (a sweep's jobs)
+GIT_COMMIT = "mlflow.source.git.commit"
+
+# A run's end and provenance
+FAILURE_REASON = "failure_reason"  # why a run ended FAILED or KILLED
+BACKEND, BACKEND_VERSION, KERAS = "backend", "backend.version", "keras"
+DEVICE = "device"
+LOOP_RESOLVED = "trainer.loop_resolved"  # which loop trained the run (fit or compiled)
+OUTPUT_DIR, BACKUP_DIR = "output_dir", "backup_dir"  # the run's output folder and its checkpoint folder
+
+# Who owns a RUNNING run (src/liveness.py)
+OWNER_HOST, OWNER_PID, OWNER_START_TICKS, OWNER_BOOT_ID = "owner.host", "owner.pid", "owner.start_ticks", "owner.boot_id"
+HEARTBEAT = "heartbeat"
+
+# SLURM ids (src/provenance.py sets them on runs, src/sweep.py on a sweep's parent)
+SLURM_JOB, SLURM_ARRAY_JOB, SLURM_ARRAY_TASK = "slurm.job_id", "slurm.array_job_id", "slurm.array_task_id"
+SLURM_RESTART_COUNT = "slurm.restart_count"
+
+# Sweeps (src/sweep.py): on the children, and on the parent
+SWEEP_DIR, SWEEP_OVERRIDES, SWEEP_JOB_NUM, SWEEP_CHILDREN = "sweep.dir", "sweep.overrides", "sweep.job_num", "sweep.children"
+BEST_RUN_ID, BEST_RUN_NAME = "best_run_id", "best_run_name"
+
+# Metrics: each epoch's Keras logs (loss, accuracy, val_loss, val_accuracy) and the time it took; test_* at the end
+EPOCH_TIME = "epoch_time_s"
+HISTORY = ("loss", "accuracy", "val_loss", "val_accuracy")
+TEST_PREFIX = "test_"
