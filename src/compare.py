@@ -243,6 +243,11 @@ def _compare(args, uri: str) -> int:
     database = store.sqlite_path(uri)
     if database is not None and not database.is_file():
         raise CompareError(f"there is no tracking store at {uri}.\nFix: train first, or pass --tracking-uri.")
+    if database is not None:
+        try:
+            store.not_sqlite(database)
+        except store.TrackingError as err:
+            raise CompareError(str(err)) from None
     client = MlflowClient(uri)
     try:
         liveness.reconcile(client)  # a run whose process died is shown FAILED, not RUNNING forever

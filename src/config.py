@@ -10,6 +10,7 @@ Each default lives here, once; a YAML file sets only what differs for its option
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from enum import Enum
@@ -214,7 +215,7 @@ def validate(cfg: DictConfig | Any, choices: dict | None = None) -> None:
 
     `choices` (Hydra's group choices) lets it check that each YAML's `name` matches its option.
     """
-    problems = []
+    problems = _non_finite(cfg)
     t, o, m, d, h = cfg.trainer, cfg.optimizer, cfg.model, cfg.dataset, cfg.hardware
     for key, value, minimum in [
         ("trainer.epochs", t.epochs, 1),
@@ -263,6 +264,39 @@ def validate(cfg: DictConfig | Any, choices: dict | None = None) -> None:
     problems += _pairing(m, d)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def check_fits(cfg, train_size: int) -> None:
+    """Refuse a batch larger than the training split (known once the data is loaded): it would silently train
+    one step per epoch."""
+    if cfg.trainer.batch_size > train_size:
+        raise ConfigError(
+            f"trainer.batch_size={cfg.trainer.batch_size} is larger than the training split ({train_size} samples): "
+            f"every epoch would be a single step.\nFix: trainer.batch_size <= {train_size} (the lab used 128 for "
+            f"MNIST, 512 for IMDB)."
+        )
+
+
+def _non_finite(cfg) -> list[str]:
+    """Every float that is nan or infinite (`optimizer.learning_rate=inf` would start a run that cannot train)."""
+    found = []
+
+    def walk(node, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            elif isinstance(value, float) and not math.isfinite(value):
+                found.append(f"{prefix}{key}={value}: must be a finite number")
+
+    for key in cfg:
+        if key == "hydra":  # Hydra's own node holds interpolations only a running job can resolve
+            continue
+        node = cfg[key]
+        if isinstance(node, DictConfig):
+            walk({key: OmegaConf.to_container(node, resolve=True)}, "")
+        elif isinstance(node, float) and not math.isfinite(node):
+            found.append(f"{key}={node}: must be a finite number")
+    return found
 
 
 def _pairing(model: DictConfig, dataset: DictConfig) -> list[str]:

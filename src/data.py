@@ -197,6 +197,13 @@ def verify(cfg, path: Path) -> str:
     """The file's sha256, refusing a file that is not the dataset's known one (when the YAML names one)."""
     found = digest(path)
     if cfg.sha256 and found != cfg.sha256:
+        damage = _damage(cfg, path)
+        if damage:  # an interrupted copy or download, not another file: say so, not "dataset.sha256=null"
+            raise DataError(
+                f"{path} is {damage}: an interrupted download or copy.\n"
+                f"Fix: delete it and fetch it again (python -m src.data download --dataset {cfg.name} "
+                f"--data-dir {path.parent}), or copy it again from a complete copy."
+            )
         raise DataError(
             f"{path} is not the {cfg.name} file this dataset expects: its sha256 is {found[:16]}..., "
             f"the known one {cfg.sha256[:16]}....\n"
@@ -205,6 +212,17 @@ def verify(cfg, path: Path) -> str:
             f"(or another dataset YAML for it)."
         )
     return found
+
+
+def _damage(cfg, path: Path) -> str | None:
+    """How the file is visibly damaged (empty, or an npz cut short), else None."""
+    size = path.stat().st_size
+    if size == 0:
+        return "empty (0 bytes)"
+    # a zip's directory is at its end: a file cut short has none
+    if cfg.format == "npz" and not zipfile.is_zipfile(path):
+        return f"truncated or corrupt ({size} bytes, not a complete .npz archive)"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,6 +415,9 @@ def _cli(argv: list[str] | None = None) -> int:
             print(f"{name}: present ({path}; no known sha256 to check against)")
         elif sha256(path) == cfg.sha256:
             print(f"{name}: ok ({path}, sha256 matches)")
+        elif damage := _damage(cfg, path):
+            print(f"{name}: {path} is {damage}: delete it and download or copy it again")
+            status = 1
         else:
             print(f"{name}: {path} differs from the known file (sha256 mismatch): delete it and download again")
             status = 1

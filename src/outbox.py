@@ -26,6 +26,8 @@ import mlflow
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, RunTag
 from mlflow.tracking import MlflowClient
 
+from . import store
+
 log = logging.getLogger(__name__)
 
 FILENAME = "mlflow-pending.jsonl"
@@ -151,8 +153,13 @@ def _cli(argv: list[str] | None = None) -> int:
         try:
             lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             uri = args.tracking_uri or lines[0]["tracking_uri"]
+            if store.sqlite_path(uri) is not None:
+                store.not_sqlite(store.sqlite_path(uri))
             mlflow.set_tracking_uri(uri)
             count = replay(path, MlflowClient(uri))
+        except store.TrackingError as err:
+            print(f"{path}: not imported: {err}", file=sys.stderr)
+            return 2  # the same store for every file: no use trying the next
         except Exception as err:
             print(f"{path}: not imported ({type(err).__name__}: {err}); the file is kept, try again later", file=sys.stderr)
             status = 1

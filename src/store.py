@@ -112,6 +112,26 @@ def check(uri: str) -> None:
             "tracking store's folder",
             "free space or fix its permissions, or set tracking.tracking_uri / MLFLOW_TRACKING_URI to a writable place.",
         )
+        not_sqlite(database)
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+def not_sqlite(database: Path) -> None:
+    """Refuse a file that is not an SQLite database (SQLAlchemy's own error is ~80 lines of traceback). A missing or
+    empty file is fine: MLflow makes the database in it."""
+    try:
+        with open(database, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError:
+        return  # missing (made on first use) or unreadable (check_folder or MLflow says why)
+    if head and head != SQLITE_HEADER:
+        raise TrackingError(
+            f"{database} is not an SQLite database (it starts with {head[:16]!r}), so it cannot be the tracking store "
+            f"sqlite:///{database}.\nFix: point tracking.tracking_uri / MLFLOW_TRACKING_URI at a new file or at the "
+            f"right database (sqlite:////abs/path/mlflow.db), or move {database.name} out of the way."
+        )
 
 
 def _health_request(uri: str) -> urllib.request.Request:

@@ -101,6 +101,7 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
     backend.set_random_seed(chosen, cfg.seed)
     ds = data.load(cfg.dataset, data.data_dir(cfg.data_dir))
     log.info("Data: %s (%s, sha256 %s)", ", ".join(f"{k} {n}" for k, n in ds.sizes.items()), ds.path, ds.sha256[:12])
+    config.check_fits(cfg, ds.sizes["train"])
 
     resolved = loop.resolve(cfg, chosen, ds)
     log.info("Training loop: %s (%s)", resolved.loop.value, resolved.why)

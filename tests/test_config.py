@@ -150,6 +150,18 @@ def test_out_of_range_values_are_refused(override, fragment):
 
 
 
+@pytest.mark.parametrize(
+    "override",
+    ["optimizer.learning_rate=inf", "optimizer.learning_rate=-inf", "optimizer.momentum=nan", "model.l2=inf",
+     "hardware.device_data_budget=nan", "tracking.system_metrics_interval=inf", "dataset.scale=inf"],
+)
+def test_non_finite_numbers_are_refused_at_validation(override):
+    """inf passed `> 0` and started a run that failed ~10 s later; every float must be finite."""
+    key, value = override.split("=")
+    with pytest.raises(config.ConfigError, match=re.escape(f"{key}={float(value)}: must be a finite number")):
+        config.validate(compose([override]))
+
+
 def case_id(value) -> str:
     """A short ASCII test id (mutmut reruns tests by id, and quotes or non-ASCII in ids do not survive that)."""
     if isinstance(value, dict):

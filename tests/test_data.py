@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -146,3 +148,25 @@ def test_digest_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
     assert data.digest(path) == first and not calls  # cached
     path.write_bytes(b"other content")
     assert data.digest(path) == "recomputed" and calls == [path]  # size/mtime changed
+
+
+@pytest.mark.parametrize("cut, named", [(0, "is empty (0 bytes)"), (5000, "is truncated or corrupt")])
+def test_an_empty_or_cut_file_under_a_known_name_is_named_so_not_as_another_file(data_dir, tmp_path, capsys, cut, named):
+    """A 0-byte or half-copied mnist.npz is an interrupted copy: the fix is to copy it again, not dataset.sha256=null."""
+    (tmp_path / "mnist.npz").write_bytes((data_dir / "mnist.npz").read_bytes()[:cut])
+    cfg = compose(["dataset.validation_size=100"]).dataset  # the real MNIST sha256
+    with pytest.raises(data.DataError, match=re.escape(named)) as err:
+        data.load(cfg, tmp_path)
+    assert "python -m src.data download --dataset mnist" in str(err.value)
+    assert "sha256=null" not in str(err.value)
+    assert data._cli(["check", "--dataset", "mnist", "--data-dir", str(tmp_path)]) == 1
+    assert named in capsys.readouterr().out
+
+
+def test_the_real_data_tier_reads_the_offline_data_folder_when_no_other_is_named(tmp_path):
+    """README's offline setup exports LE5_DATA_DIR only: the real-data tests must use it, not skip."""
+    from conftest import real_data_dir
+
+    assert real_data_dir({"LE5_DATA_DIR": str(tmp_path)}) == tmp_path
+    assert real_data_dir({"LE5_DATA_DIR": "/a", "LE5_REAL_DATA_DIR": str(tmp_path)}) == tmp_path
+    assert real_data_dir({}).parts[-2:] == ("shared", "data")

@@ -30,7 +30,7 @@ SEEDS = {"mnist_baseline": (42, 43, 44), "imdb_best": (42,)}
 def test_preset_reaches_its_target_on_the_real_data(preset, store, tmp_path):
     dataset = "mnist" if preset.startswith("mnist") else "imdb"
     if not (REAL_DATA / f"{dataset}.npz").is_file():
-        pytest.skip(f"{REAL_DATA / f'{dataset}.npz'} is absent (set LE5_REAL_DATA_DIR)")
+        pytest.skip(f"{REAL_DATA / f'{dataset}.npz'} is absent (set LE5_DATA_DIR or LE5_REAL_DATA_DIR)")
     accuracies = []
     for seed in SEEDS[preset]:
         experiment = f"realdata-{preset}-{seed}"

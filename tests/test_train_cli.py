@@ -47,3 +47,12 @@ def test_model_dataset_mismatch_is_refused_before_a_run_exists(cli_args, experim
     assert "model=imdb_dense takes sequences, but dataset=mnist gives images" in result.stderr
     assert "Traceback" not in result.stderr
     assert _runs(experiment) == []
+
+
+def test_a_batch_larger_than_the_training_split_is_refused_with_its_size(cli_args, experiment):
+    """trainer.batch_size=100000000 trained one step per epoch, silently (synthetic MNIST: 500 training samples)."""
+    result = run_cli([*cli_args, "backend=jax", "trainer.batch_size=100000000"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "trainer.batch_size=100000000 is larger than the training split (500 samples)" in result.stderr
+    assert "Fix: trainer.batch_size <= 500" in result.stderr and "Traceback" not in result.stderr
+    assert _runs(experiment) == []
