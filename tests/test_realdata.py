@@ -13,7 +13,7 @@ pytestmark = [
     pytest.mark.realdata,
     pytest.mark.skipif(
         not ((REAL_DATA / "mnist.npz").is_file() and (REAL_DATA / "imdb.npz").is_file()),
-        reason=f"real mnist.npz/imdb.npz not in {REAL_DATA} (set LE5_REAL_DATA_DIR)",
+        reason=f"real mnist.npz/imdb.npz not in {REAL_DATA} (set LE5_DATA_DIR or LE5_REAL_DATA_DIR)",
     ),
 ]
 
