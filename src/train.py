@@ -70,9 +70,11 @@ def main(cfg: DictConfig) -> float:
 
 
 def resume_command(job: Job) -> str:
-    """The command line that resumes `job`: its overrides, with trainer.backup_dir naming its checkpoint."""
+    """The command line that resumes `job`: its overrides, with trainer.backup_dir naming its checkpoint.
+
+    It starts with this interpreter's path: a bare `python` outside the activated venv has no Hydra."""
     kept = [o for o in job.overrides if o.lstrip("+~").split("=", 1)[0] != "trainer.backup_dir"]
-    return shlex.join(["python", "-m", "src.train", *kept, f"trainer.backup_dir={job.backup_dir}"])
+    return shlex.join([sys.executable, "-m", "src.train", *kept, f"trainer.backup_dir={job.backup_dir}"])
 
 
 def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
@@ -107,11 +109,15 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
     log.info("Training loop: %s (%s)", resolved.loop.value, resolved.why)
 
     parent_run_id, sweep_tags = sweep.parent(job.sweep_dir, job.overrides, job.num)
-    run_tags = {**provenance.tags(job.choices, job.overrides, chosen.value), **sweep_tags, names.DEVICE: device,
-                names.LOOP_RESOLVED: resolved.loop.value}
     # Checkpoint of the last finished epoch, in a folder a requeued SLURM job finds again.
     backup = resume.for_run(cfg, chosen.value, ds.sha256, workdir, job.num)
     job.backup_dir = backup.folder
+    # Said now, not at the end: after a kill -9 nothing else tells which folder holds what to resume.
+    log.info("Output folder: %s\n  checkpoint of the last finished epoch: %s\n  if this run dies, resume it with: %s",
+             workdir.resolve(), backup.folder, resume_command(job))
+    run_tags = {**provenance.tags(job.choices, job.overrides, chosen.value), **sweep_tags, names.DEVICE: device,
+                names.LOOP_RESOLVED: resolved.loop.value, names.OUTPUT_DIR: str(workdir.resolve()),
+                names.BACKUP_DIR: str(backup.folder)}
     # Records the store does not take (a server lost mid-run) are kept here, to import later.
     kept = outbox.Outbox(workdir / outbox.FILENAME)
     system_metrics = cfg.tracking.system_metrics_interval if cfg.tracking.system_metrics else None

@@ -27,11 +27,11 @@ def start(args: list[str], cwd: Path, module: str = "src.train") -> subprocess.P
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def run(command: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """A command as a user types it (`python -m ...`), with this interpreter as `python`."""
+def run(command: list[str], cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """A command as a user types it (`python -m ...`), with this interpreter as `python`; `env` adds variables."""
     if command[0] == "python":
         command = [sys.executable, *command[1:]]
-    return subprocess.run(command, cwd=cwd, env=ENV, text=True, timeout=timeout,
+    return subprocess.run(command, cwd=cwd, env={**ENV, **(env or {})}, text=True, timeout=timeout,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # as one log, in order
 
 
@@ -53,10 +53,13 @@ def wait_for_epochs(process: subprocess.Popen, cwd: Path, epochs: int, pattern: 
     raise AssertionError(f"no backup with {epochs} epochs within {timeout} s")
 
 
-def printed_resume_command(output: str) -> list[str]:
-    """The command that the interrupt message prints, split as a shell would."""
+def printed_resume_command(output: str, prefix: str | None = None) -> list[str]:
+    """The command that the interrupt message prints (or, with `prefix`, the line that follows it), split as a
+    shell would."""
     lines = output.splitlines()
     for i, line in enumerate(lines):
-        if line.startswith("Resume it"):
+        if prefix and prefix in line:
+            return shlex.split(line.split(prefix, 1)[1])
+        if not prefix and line.startswith("Resume it"):
             return shlex.split(lines[i + 1])
     raise AssertionError(f"no resume command printed:\n{output[-3000:]}")

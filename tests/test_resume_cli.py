@@ -7,8 +7,11 @@ epoch 3 from epoch 2's weights, and remove the checkpoint only once FINISHED.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 from cli_runs import SLOW, printed_resume_command, run, start, wait_for_epochs
@@ -16,6 +19,9 @@ from conftest import base_overrides
 from mlflow.tracking import MlflowClient
 from mlflow_server import MlflowServer
 
+# A shell without the venv activated: no venv on PATH, no VIRTUAL_ENV.
+OUTSIDE_VENV = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+OUTSIDE_VENV["PATH"] = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if ".venv" not in p)
 KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s")
 
 
@@ -23,6 +29,10 @@ KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s")
 def experiment(store, request) -> str:
     """A fresh experiment per test, named without the brackets of parametrized ids (Hydra's grammar)."""
     return "test-" + request.node.name.replace("[", "-").replace("]", "")
+
+
+def output_of_start(output: str) -> str:
+    return "\n".join(line for line in output.splitlines()[:80])
 
 
 def the_run(client: MlflowClient, experiment: str):
@@ -65,9 +75,10 @@ def test_interrupted_run_resumes_with_the_printed_command(signum, data_dir, stor
     assert backup.is_dir()  # kept: the run did not finish
 
     command = printed_resume_command(output)
-    assert command[:3] == ["python", "-m", "src.train"] and command[-1] == f"trainer.backup_dir={backup}"
+    # this interpreter, by its path: it works outside an activated venv (a bare `python` has no Hydra there)
+    assert command[:3] == [sys.executable, "-m", "src.train"] and command[-1] == f"trainer.backup_dir={backup}"
     assert command[3:-1] == args  # the original overrides, unchanged
-    resumed = run(command, tmp_path)
+    resumed = run(command, tmp_path, env=OUTSIDE_VENV)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     assert "Resuming from" in resumed.stdout and "(resumed)" in resumed.stdout
     check_resumed(client, experiment, killed.info.run_id, backup, resumed.stdout)
@@ -92,7 +103,7 @@ def test_killed_run_is_found_dead_then_resumed(tracking_uri, data_dir, experimen
     try:
         backup = wait_for_epochs(process, tmp_path, 2)
         process.send_signal(signal.SIGKILL)
-        process.communicate(timeout=60)
+        output, _ = process.communicate(timeout=60)
     finally:
         process.kill()
     client = MlflowClient(tracking_uri)
@@ -114,7 +125,12 @@ def test_killed_run_is_found_dead_then_resumed(tracking_uri, data_dir, experimen
     assert "FAILED" in compared.stdout
     assert backup.is_dir()
 
-    # README: the same overrides plus trainer.backup_dir=<the backup folder>
-    resumed = run(["python", "-m", "src.train", *args, f"trainer.backup_dir={backup}"], tmp_path)
+    # The run said at its start where its checkpoint is and how to resume it: nothing to guess after a kill -9.
+    started = output_of_start(output)
+    assert f"checkpoint of the last finished epoch: {backup}" in started
+    assert failed.data.tags["backup_dir"] == str(backup) and (Path(failed.data.tags["output_dir"]) / "backup") == backup
+    command = printed_resume_command(started, prefix="if this run dies, resume it with:")
+    assert command == [sys.executable, "-m", "src.train", *args, f"trainer.backup_dir={backup}"]
+    resumed = run(command, tmp_path, env=OUTSIDE_VENV)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     check_resumed(client, experiment, failed.info.run_id, backup, resumed.stdout)
