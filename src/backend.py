@@ -3,11 +3,14 @@ $KERAS_BACKEND once, at its first import."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.util
 import logging
 import os
+import re
 import sys
+import tempfile
 
 from .config import Accelerator, Backend
 from .errors import UserError
@@ -94,3 +97,47 @@ def set_random_seed(backend: Backend, seed: int) -> None:
         keras.utils.set_random_seed(seed)
     finally:
         sys.meta_path.remove(finder)
+
+
+# TensorFlow's C++ prints these at import, before its log level (TF_CPP_MIN_LOG_LEVEL) applies, once per shared
+# library that logs (twice in TF 2.21): informational, and noise in every run's log. Nothing else is hidden.
+START_UP_NOISE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
+    r"|I\d{4} [\d:. ]+\d+ (port|cudart_stub|cpu_feature_guard)\.cc:\d+\] "
+)
+
+
+def import_keras(backend: Backend):
+    """`import keras` (after `activate`), without TensorFlow's start-up lines: its C++ writes them to the
+    process's stderr (fd 2) before any setting can silence them, so that fd is read during the import and
+    everything but those lines is written back."""
+    if backend != Backend.tensorflow or "keras" in sys.modules:
+        import keras
+
+        return keras
+    with _stderr_filtered(START_UP_NOISE):
+        import keras
+    return keras
+
+
+@contextlib.contextmanager
+def _stderr_filtered(noise: re.Pattern):
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 (a daemon): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not noise.match(line):
+                    sys.stderr.write(line)
+            sys.stderr.flush()

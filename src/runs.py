@@ -20,7 +20,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from . import liveness, names, store
+from . import liveness, names
 from .outbox import Outbox
 from .outbox import import_command as outbox_import_command
 from .redaction import redact
@@ -112,7 +112,6 @@ def run(
         raise
     else:
         _end(active, "FINISHED", None, outbox)
-        log.info("Run %s FINISHED. Compare runs: %s", active.info.run_id, store.ui_command(uri))
     finally:
         heartbeat.stop()
         restore()

@@ -53,6 +53,24 @@ def parent(sweep_dir: Path | None, overrides: list[str], job_num: int | None) ->
     return record["run_id"], {names.SWEEP_OVERRIDES: json.dumps(list(overrides)), names.SWEEP_JOB_NUM: str(job_num)}
 
 
+def swept_keys(overrides: list[str]) -> list[str]:
+    """The keys a sweep varies (`optimizer.learning_rate=1e-2,1e-3`, `seed=range(3)`): what tells its jobs apart."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return [o.get_key_element() for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
+
+
+def varied(sweep_dir: Path | None, overrides: list[str]) -> list[str] | None:
+    """A job's overrides of the keys its sweep varies, or None when the sweep did not record them."""
+    path = Path(sweep_dir) / PARENT_FILE if sweep_dir else None
+    if path is None or not path.is_file():
+        return None
+    keys = json.loads(path.read_text()).get("swept")
+    if keys is None:
+        return None
+    return [o for o in overrides if o.lstrip("+~").split("=", 1)[0] in keys]
+
+
 class MLflowSweep(Callback):
     def __init__(self) -> None:
         self.parent_run_id: str | None = None
@@ -112,7 +130,8 @@ class MLflowSweep(Callback):
                 raise
             self.parent_run_id = run.info.run_id
             self._heartbeat = liveness.Heartbeat(MlflowClient(uri), self.parent_run_id).start()
-            json.dump({"run_id": self.parent_run_id, "experiment_id": experiment_id, "tracking_uri": uri}, handle)
+            json.dump({"run_id": self.parent_run_id, "experiment_id": experiment_id, "tracking_uri": uri,
+                       "swept": swept_keys(list(config.hydra.overrides.task))}, handle)
         log.info("MLflow parent run %s for the sweep in %s", self.parent_run_id, self.sweep_dir)
         self._uri = uri
         atexit.register(self._end_unfinished)

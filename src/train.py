@@ -88,7 +88,7 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
     log.info("Backend: %s (%s)", chosen.value, why)
 
     # Keras and MLflow load only now, after the backend is set: a refused config never waits for them.
-    import keras
+    keras = backend.import_keras(chosen)
     import mlflow
 
     from . import (batches, data, hardware, inputs, models, names, outbox, preflight, provenance, redaction, resume,
@@ -172,7 +172,7 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
         log.info("First 10 test predictions:\n%s", predictions)
         _log_artifacts(cfg, history, predictions, model, workdir, kept, run.info.run_id)
     backup.discard()  # the run is FINISHED: nothing left to resume
-    log.info(ui)
+    log.info("Run %s FINISHED. %s", run.info.run_id, ui)
 
     return float(config.best(history[cfg.trainer.monitor], cfg.trainer.monitor))
 
@@ -247,7 +247,8 @@ def _log_artifacts(cfg, history, predictions, model, workdir: Path, kept, run_id
 
 
 def _log_model(model, kept, run_id: str) -> None:
-    """The model through MLflow's Keras flavour: "Logged models" in the UI, mlflow.keras.load_model("runs:/<id>/model").
+    """The model through MLflow's Keras flavour, named after the model option (its Keras name): "Logged models" in
+    the UI, mlflow.keras.load_model("runs:/<id>/<model name>"), e.g. runs:/<id>/mnist_dense.
 
     A store that does not take it gets the same MLflow model folder as the run's model/ artifacts through the
     outbox (kept on disk until imported); runs:/<id>/model then loads it from there.
@@ -257,22 +258,34 @@ def _log_model(model, kept, run_id: str) -> None:
     # explicit requirements: inferring them would start a subprocess that imports the backend again
     requirements = mlflow.keras.get_default_pip_requirements()
     try:
-        mlflow.keras.log_model(model, name="model", pip_requirements=requirements)
+        mlflow.keras.log_model(model, name=model.name, pip_requirements=requirements)
         return
     except Exception as err:  # MlflowException from an unreachable server, OSError from an artifact store
         log.warning("MLflow did not take the model (%s: %s); keeping it for the outbox", type(err).__name__,
                     str(err).splitlines()[0][:300] if str(err) else "")
     with tempfile.TemporaryDirectory() as tmp:  # the outbox copies what it could not upload beside its file
-        mlflow.keras.save_model(model, f"{tmp}/model", pip_requirements=requirements)
-        kept.log_artifacts(run_id, Path(tmp) / "model", "model")
+        mlflow.keras.save_model(model, f"{tmp}/{model.name}", pip_requirements=requirements)
+        kept.log_artifacts(run_id, Path(tmp) / model.name, model.name)
+
+
+# Overrides that say where things go, not what is trained: left out of run names.
+NOT_IN_RUN_NAMES = ("tracking.", "data_dir", "trainer.backup_dir", "hydra.", "model=", "backend")
 
 
 def _run_name(hc) -> str:
+    """The model option; for a sweep job, with the job's own overrides of what it trains (mnist_dense
+    optimizer.learning_rate=0.01), never a store URI or a folder."""
     from .redaction import redact
 
-    overrides = hc.job.override_dirname
     name = hc.runtime.choices.get("model", "run")
-    return redact(f"{name}[{overrides}]")[:250] if overrides else name
+    if hc.mode != RunMode.MULTIRUN:
+        return name
+    from .sweep import varied
+
+    kept = varied(Path(hc.sweep.dir), list(hc.overrides.task))  # the keys the sweep varies, when it recorded them
+    if kept is None:
+        kept = [o for o in hc.overrides.task if not o.lstrip("+~").startswith(NOT_IN_RUN_NAMES)]
+    return redact(" ".join([name, *(o for o in kept if not o.startswith("model="))]))[:250]
 
 
 if __name__ == "__main__":

@@ -343,9 +343,9 @@ def test_11_server_lost_mid_run_training_finishes_and_nothing_is_dropped(
             assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [1, 2, 3]
         assert {"test_loss", "test_accuracy"} <= set(run.data.metrics)
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"model", "plots", "config.yaml", "predictions.csv"} <= artifacts  # no .hydra in-process
+        assert {"mnist_dense", "plots", "config.yaml", "predictions.csv"} <= artifacts  # no .hydra in-process
         mlflow.set_tracking_uri(server.uri)
-        assert mlflow.keras.load_model(f"runs:/{run.info.run_id}/model").output_shape == (None, 10)  # the kept model
+        assert mlflow.keras.load_model(f"runs:/{run.info.run_id}/mnist_dense").output_shape == (None, 10)  # the kept model
     finally:
         server.kill()
         mlflow.set_tracking_uri("sqlite:///" + str(tmp_path / "unused.db"))  # later tests set their own

@@ -34,10 +34,11 @@ def test_run_records_its_data_model_and_system_metrics(train_run, data_dir, tmp_
         assert str(data_dir / "mnist.npz") in d.dataset.source
         assert f'"num_rows": {samples}' in d.dataset.profile
 
-    # the model: a logged model of the run, loaded by runs:/<id>/model, predicting what the run predicted
+    # the model: a logged model of the run named after the model option, loaded by runs:/<id>/<name>, predicting
+    # what the run predicted
     [logged] = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
-    assert logged.name == "model" and logged.source_run_id == run_id
-    model = mlflow.keras.load_model(f"runs:/{run_id}/model")  # Keras safe mode (the default) stays on
+    assert logged.name == "mnist_dense" and logged.source_run_id == run_id
+    model = mlflow.keras.load_model(f"runs:/{run_id}/mnist_dense")  # Keras safe mode (the default) stays on
     ds = data.load(compose([f"data_dir={data_dir}", "dataset.sha256=null", "dataset.validation_size=100"]).dataset,
                    data_dir)
     recorded = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions.csv",
@@ -69,7 +70,7 @@ def test_model_the_store_refused_is_kept_and_loads_after_import(store, experimen
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     run_id = MlflowClient(store).create_run(MlflowClient(store).create_experiment(experiment)).info.run_id
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")], name="tiny")
     dead = "http://127.0.0.1:9"  # nothing listens on the discard port
     mlflow.set_tracking_uri(dead)
     kept = outbox.Outbox(tmp_path / outbox.FILENAME, MlflowClient(dead))
@@ -79,7 +80,7 @@ def test_model_the_store_refused_is_kept_and_loads_after_import(store, experimen
 
     mlflow.set_tracking_uri(store)
     assert outbox.replay(kept.path, MlflowClient(store)) == 1
-    loaded = mlflow.keras.load_model(f"runs:/{run_id}/model")
+    loaded = mlflow.keras.load_model(f"runs:/{run_id}/tiny")
     x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
 

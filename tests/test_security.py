@@ -41,7 +41,7 @@ def test_no_secret_reaches_mlflow_and_the_model_loads_in_safe_mode(args, experim
     recorded = [run.info.run_name, *run.data.params, *run.data.params.values(), *run.data.tags, *run.data.tags.values()]
     folder = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(tmp_path / "artifacts")))
     # the run's logged model (MLflow's Keras flavour) is stored apart from the run's artifacts
-    logged = Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model", dst_path=str(tmp_path / "m")))
+    logged = Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/mnist_dense", dst_path=str(tmp_path / "m")))
     files = [p for p in [*folder.rglob("*"), *logged.rglob("*")] if p.is_file()]
     assert {"hydra/hydra.yaml", "hydra/overrides.yaml", "hydra/config.yaml", "config.yaml"} <= {
         str(p.relative_to(folder)) for p in files if p.is_relative_to(folder)

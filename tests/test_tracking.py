@@ -68,7 +68,7 @@ def test_run_that_raises_ends_failed_with_the_reason_and_its_metrics(train_run, 
     assert run.info.status == "FAILED"
     assert run.data.tags["failure_reason"] == "RuntimeError: prediction broke"
     assert len(MlflowClient().get_metric_history(run.info.run_id, "loss")) == 2  # kept
-    assert "model" not in {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}  # nothing half-done
+    assert "mnist_dense" not in {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}  # nothing half-done
 
 
 def test_interrupt_ends_killed(store, experiment):
