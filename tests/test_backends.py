@@ -73,7 +73,7 @@ def test_a_model_saved_on_jax_loads_in_this_process(data_dir, store, experiment,
     args = [*base_overrides(data_dir, store, experiment), "backend=jax", f"hydra.run.dir={tmp_path / 'run'}"]
     assert run_cli(args).returncode == 0
     [run] = _runs(store, experiment)
-    model = mlflow.keras.load_model(f"runs:/{run.info.run_id}/{model}")  # MLflow's Keras flavour, safe mode on
+    model = mlflow.keras.load_model(f"runs:/{run.info.run_id}/mnist_dense")  # MLflow's Keras flavour, safe mode on
     assert isinstance(model, keras.Model)
     x = np.zeros((2, 28, 28), dtype="uint8")
     assert model.predict(x, verbose=0).shape == (2, 10)
