@@ -90,7 +90,7 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
     import mlflow
 
     from . import (batches, data, hardware, inputs, models, names, outbox, preflight, provenance, redaction, resume,
-                   runs, store, sweep)
+                   runs, search, store, sweep)
 
     models.check(cfg.model, cfg.optimizer)
     preflight.check_folder(workdir, "output folder", preflight.OUTPUT_FIX)
@@ -106,6 +106,9 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
     log.info("Training loop: %s (%s)", resolved.loop.value, resolved.why)
 
     parent_run_id, sweep_tags = sweep.parent(job.sweep_dir, job.overrides, job.num)
+    trial = search.JobTrial.of_job(job.sweep_dir, job.num)  # an Optuna sweep's job: report each epoch, maybe prune
+    if trial is not None:
+        sweep_tags.update(trial.tags())
     run_tags = {**provenance.tags(job.choices, job.overrides, chosen.value), **sweep_tags, names.DEVICE: device,
                 names.LOOP_RESOLVED: resolved.loop.value}
     # Checkpoint of the last finished epoch, in a folder a requeued SLURM job finds again.
@@ -137,22 +140,25 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
         model.summary(print_fn=lambda line, **_: log.info(line))
 
         batch_size = cfg.trainer.batch_size
+        fit_callbacks = _callbacks(cfg, run.info.run_id, backup, kept, trial)
         if resolved.compiled:  # src/compiled.py: one compiled program per epoch, the same callbacks
             from . import compiled
 
             epochs = compiled.Epochs(model, ds, batch_size, cfg.seed, resolved.budget_bytes, resolved.device)
-            this_start = epochs.fit(cfg.trainer.epochs, initial_epoch, _callbacks(cfg, run.info.run_id, backup, kept),
-                                    cfg.trainer.verbose)
+            this_start = epochs.fit(cfg.trainer.epochs, initial_epoch, fit_callbacks, cfg.trainer.verbose)
         else:
             this_start = model.fit(
                 **batches.fit_args(ds.train, batch_size, shuffle=True, seed=cfg.seed),
                 validation_data=batches.validation_data(ds.val, batch_size),
                 initial_epoch=initial_epoch,
                 epochs=cfg.trainer.epochs,
-                callbacks=_callbacks(cfg, run.info.run_id, backup, kept),
+                callbacks=fit_callbacks,
                 verbose=cfg.trainer.verbose,
             ).history
         _raise_on_nan(this_start, cfg)
+        if trial is not None and trial.pruned_at is not None:  # stopped, not failed: the run ends FINISHED
+            kept.set_tag(run.info.run_id, names.PRUNED, "true")
+            kept.set_tag(run.info.run_id, names.PRUNED_AT_EPOCH, str(trial.pruned_at))
         history = backup.history  # every epoch, also those before a requeue
 
         if resolved.compiled:
@@ -170,7 +176,7 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
     return float(config.best(history[cfg.trainer.monitor], cfg.trainer.monitor))
 
 
-def _callbacks(cfg, run_id: str, backup, kept) -> list:
+def _callbacks(cfg, run_id: str, backup, kept, trial=None) -> list:
     import keras
 
     from . import callbacks
@@ -191,6 +197,8 @@ def _callbacks(cfg, run_id: str, backup, kept) -> list:
                 verbose=1,
             )
         )
+    if trial is not None:  # last: the epoch is backed up and logged before the pruner may stop training
+        found.append(callbacks.ReportToTrial(trial, cfg.trainer.monitor))
     return found
 
 
