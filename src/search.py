@@ -193,8 +193,8 @@ def check(config: DictConfig, arguments: list[str] | None = None) -> Space:
         if key.startswith(("+", "~")) or key in choices or "/" in key:
             continue
         if OmegaConf.select(config, key, default=absent, throw_on_missing=False) is absent:
-            problems.append(f"{key}: no such key in the configuration; a search needs existing keys "
-                            "(python -m src.train --cfg job lists them), or '+key' to add one")
+            problems.append(f"{key}: no such key in the configuration.\n  Fix: spell it as "
+                            f"`python -m src.train --cfg job` prints it, or write +{key} to add a key")
     if problems:
         raise SearchError("the Optuna sweep cannot run:\n  " + "\n  ".join(problems))
     return found
