@@ -6,6 +6,7 @@ sweep runs.
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any, List, Optional
 
@@ -44,7 +45,11 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: List[str]) -> Any:
         from omegaconf import OmegaConf
 
-        search = self.search_module.Search(self.config, self._launch, self.in_process)
+        try:
+            search = self.search_module.Search(self.config, self._launch, self.in_process)
+        except self.search_module.SearchError as err:  # src.search.SweepCheck refuses it earlier, when configured
+            print(f"Error: {err}", file=sys.stderr)
+            sys.exit(2)
         OmegaConf.save(self.config, search.sweep_dir / "multirun.yaml")
         try:
             return search.run()
