@@ -267,6 +267,10 @@ class Search:
             pruner=build_pruner(pruner["name"], pruner["settings"]),
             load_if_exists=True,  # the same sweep folder again: continue its study
         )
+        before = self.study.user_attrs.get("monitor", self.monitor)
+        if before != self.monitor:  # load_if_exists keeps the stored direction: refuse a silent mix
+            raise SearchError(f"the study in {self.sweep_dir} optimises {before}, not trainer.monitor={self.monitor}.\n"
+                              f"  Fix: trainer.monitor={before} to continue it, or a new hydra.sweep.dir")
         self.study.set_user_attr("monitor", self.monitor)
         self.study.set_user_attr("epochs", int(config.trainer.epochs))
         (self.sweep_dir / STUDY_FILE).write_text(json.dumps({"study_name": STUDY_NAME, "journal": JOURNAL_FILE,

@@ -240,3 +240,11 @@ def test_the_preset_searches_rate_units_and_dropout_with_asha():
     assert found.distributions["optimizer.learning_rate"].log
     assert type(search.build_pruner(cfg.hydra.sweeper.pruner, search.pruner_settings(cfg.hydra.sweeper))).__name__ \
         == "SuccessiveHalvingPruner"
+
+
+def test_a_study_is_not_continued_under_another_monitor(tmp_path):
+    first, _ = optuna_config("trainer.monitor=val_loss", f"hydra.sweep.dir={tmp_path}")
+    search.Search(first, launch=None, in_process=True)
+    other, _ = optuna_config("trainer.monitor=val_accuracy", f"hydra.sweep.dir={tmp_path}")
+    with pytest.raises(search.SearchError, match="(?s)optimises val_loss.*Fix: trainer.monitor=val_loss"):
+        search.Search(other, launch=None, in_process=True)
