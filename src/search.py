@@ -131,7 +131,7 @@ def space(params: dict, arguments: list[str]) -> Space:
         try:
             [override] = parser.parse_overrides([line])
         except HydraException as err:
-            raise SearchError(f"the search space entry {line!r} is not Hydra override syntax: {err}\n"
+            raise SearchError(f"the search space entry {line!r} is not Hydra override syntax: {err}\n  "
                               "Fix: write it as interval(1e-4, 1e-1), tag(log, interval(1e-4, 1e-1)), "
                               "choice(64, 128), range(1, 5) or a fixed value") from None
         by_key[override.get_key_element()] = (line, override)
@@ -142,7 +142,7 @@ def space(params: dict, arguments: list[str]) -> Space:
         try:
             found.distributions[key] = _distribution(override)
         except (ValueError, TypeError, NotImplementedError) as err:
-            raise SearchError(f"the search space entry {line!r} cannot be sampled: {err}\n"
+            raise SearchError(f"the search space entry {line!r} cannot be sampled: {err}\n  "
                               "Fix: a low end below the high end, a positive low end with tag(log, ...)") from None
     return found
 
