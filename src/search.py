@@ -171,9 +171,11 @@ def check(config: DictConfig, arguments: list[str] | None = None) -> Space:
     s = config.hydra.sweeper
     problems = []
     if s.n_trials < 1:
-        problems.append(f"hydra.sweeper.n_trials={s.n_trials}: must be >= 1")
+        problems.append(f"hydra.sweeper.n_trials={s.n_trials}: must be >= 1 (trials to finish). "
+                        "Fix: e.g. hydra.sweeper.n_trials=20")
     if s.n_jobs < 1:
-        problems.append(f"hydra.sweeper.n_jobs={s.n_jobs}: must be >= 1 (trials in flight at once)")
+        problems.append(f"hydra.sweeper.n_jobs={s.n_jobs}: must be >= 1 (trials in flight at once). "
+                        "Fix: hydra.sweeper.n_jobs=1")
     for build in (lambda: build_sampler(s.sampler, 0), lambda: build_pruner(s.pruner, pruner_settings(s))):
         try:
             build()

@@ -197,10 +197,16 @@ def optuna_config(*overrides, params: dict | None = None, sweeper: str = "hydra/
          "'optimizer.learning_rate=tag(log, interval(0, 0.1))' cannot be sampled"),
         ({"optimizer.learnin_rate": "interval(1e-4, 1e-1)"}, [], "optimizer.learnin_rate: no such key"),
         ({}, ["optimizer.learning_rate=0.001"], "nothing to search"),
+        (None, ["hydra.sweeper.n_jobs=0"], "hydra.sweeper.n_jobs=0: must be >= 1"),
+        (None, ["hydra.sweeper.pruner=successive_halving", "hydra.sweeper.reduction_factor=1"], "reduction_factor"),
     ],
 )
 def test_search_spaces_that_cannot_be_sampled_are_refused_with_the_fix(params, arguments, message):
-    cfg, task = optuna_config(params=params)
+    if arguments and arguments[0].startswith("hydra."):  # a setting of the sweeper, with SPACE to search
+        cfg, task = optuna_config(*arguments)
+        arguments = []
+    else:
+        cfg, task = optuna_config(params=params)
     with pytest.raises(search.SearchError, match="Fix") as refused:
         search.check(cfg, arguments if arguments else task)
     assert message in str(refused.value)
