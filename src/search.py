@@ -469,15 +469,16 @@ class JobTrial:
         return {names.OPTUNA_TRIAL: str(self.number),
                 **{f"{names.OPTUNA_PARAM}.{k}": _short(v) for k, v in self.trial.params.items()}}
 
-    def report(self, epoch: int, value: float) -> bool:
-        """Report the monitor after `epoch` (counted from 1); True: the pruner stops the trial here."""
+    def report(self, epoch: int, value: float, may_prune: bool = True) -> bool:
+        """Report the monitor after `epoch` (counted from 1); True: the pruner stops the trial here (never when
+        not `may_prune`: after the last epoch)."""
         import optuna
 
         if not self._reporting:
             return False
         try:
             self.trial.report(value, epoch)
-            if not self.trial.should_prune():
+            if not may_prune or not self.trial.should_prune():
                 return False
             self.trial.set_user_attr(PRUNED_AT, epoch)
         except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError) as err:

@@ -198,7 +198,7 @@ def _callbacks(cfg, run_id: str, backup, kept, trial=None) -> list:
             )
         )
     if trial is not None:  # last: the epoch is backed up and logged before the pruner may stop training
-        found.append(callbacks.ReportToTrial(trial, cfg.trainer.monitor))
+        found.append(callbacks.ReportToTrial(trial, cfg.trainer.monitor, cfg.trainer.epochs))
     return found
 
 

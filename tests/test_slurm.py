@@ -284,7 +284,7 @@ def test_optuna_sweep_runs_trials_as_slurm_jobs_two_at_a_time_and_prunes(data_di
     started = time.perf_counter()
     result = run_cli(
         ["-m", *LAUNCHER, *base_overrides(data_dir, store, experiment), *STUDY, "hydra.sweeper.n_jobs=2",
-         f"hydra.sweep.dir={sweep_dir}"],
+         "hydra.sweeper.n_startup_trials=2", f"hydra.sweep.dir={sweep_dir}"],  # trials 0-3 run two by two
         timeout=600,
     )
     print(f"\n6-trial hydra/sweeper=optuna hydra/launcher=slurm study: {time.perf_counter() - started:.1f} s wall")
