@@ -239,14 +239,15 @@ def storage(sweep_dir: Path):
 class Search:
     """The trial loop of one sweep folder: ask, launch one job, tell; up to n_jobs trials in flight."""
 
-    def __init__(self, config: DictConfig, launch, in_process: bool):
+    def __init__(self, config: DictConfig, launch, in_process: bool, arguments: list[str] | None = None):
         """`launch(overrides, job_num)` runs one Hydra job and returns its JobReturn; `in_process`: the launcher
-        runs jobs in this process (Hydra's basic launcher), so they cannot run concurrently."""
+        runs jobs in this process (Hydra's basic launcher), so they cannot run concurrently; `arguments`: the
+        command line's overrides (default: the config's)."""
         import optuna
 
         s = config.hydra.sweeper
         self.config = config
-        self.space = check(config)
+        self.space = check(config, arguments)
         self.monitor = config.trainer.monitor
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         self.n_trials = s.n_trials
