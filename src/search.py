@@ -98,7 +98,8 @@ def build_pruner(name: str, settings: dict):
     try:
         return PRUNERS[name](settings)
     except ValueError as err:  # a value Optuna refuses
-        raise SearchError(f"hydra.sweeper.pruner={name}: {err}. Fix: see Optuna's {name} pruner") from err
+        raise SearchError(f"hydra.sweeper.pruner={name}: {err}.\n  Fix: change that setting of hydra.sweeper "
+                          f"({', '.join(PRUNER_SETTINGS)})") from err
 
 
 def pruner_settings(sweeper: DictConfig) -> dict:
@@ -293,22 +294,36 @@ class Search:
         log.info("Optuna study %s: %d of %d trials finished, launching %d (%d at a time), direction %s %s",
                  self.sweep_dir / JOURNAL_FILE, finished, self.n_trials, to_launch, self.n_jobs,
                  self.study.direction.name.lower(), self.monitor)
+        if self.n_jobs == 1:  # in this (the main) thread: Ctrl-C and SIGTERM reach an in-process job's run
+            return [r for r in (self._tell(*self._start()) for _ in range(to_launch)) if r is not None]
         returns: list = []
         running: dict[Future, optuna.trial.Trial] = {}
         launched = 0
         with ThreadPoolExecutor(self.n_jobs, thread_name_prefix="trial") as pool:
             while launched < to_launch or running:
                 while launched < to_launch and len(running) < self.n_jobs:  # a free slot starts the next trial
-                    with self._lock:
-                        trial = self.study.ask(self.space.distributions)
-                    overrides = self.space.overrides(trial.params)
-                    log.info("Trial %d: %s", trial.number, " ".join(overrides[len(self.space.fixed):]))
-                    running[pool.submit(self.launch, overrides, trial.number)] = trial
+                    trial, future = self._start(pool)
+                    running[future] = trial
                     launched += 1
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
                     returns.append(self._tell(running.pop(future), future))
         return [r for r in returns if r is not None]
+
+    def _start(self, pool: ThreadPoolExecutor | None = None):
+        """Ask for a trial and launch its job: in `pool`, or here, waiting for it. Returns the trial and a Future."""
+        with self._lock:
+            trial = self.study.ask(self.space.distributions)
+        overrides = self.space.overrides(trial.params)
+        log.info("Trial %d: %s", trial.number, " ".join(overrides[len(self.space.fixed):]))
+        if pool is not None:
+            return trial, pool.submit(self.launch, overrides, trial.number)
+        future = Future()
+        try:
+            future.set_result(self.launch(overrides, trial.number))
+        except Exception as err:  # KeyboardInterrupt and SystemExit stop the sweep
+            future.set_exception(err)
+        return trial, future
 
     def _end_stale(self) -> None:
         """Trials left RUNNING belong to a driver that died (this folder has one driver at a time): FAIL them, so
