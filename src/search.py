@@ -391,15 +391,17 @@ def summary(study, n_trials: int) -> str:
     rows = [[str(t.number), t.state.name, *(_short(t.params.get(k, "")) for k in keys),
              f"{t.value:.4f}" if t.value is not None else "", str(len(t.intermediate_values)),
              str(t.user_attrs.get(PRUNED_AT, ""))] for t in trials]
-    ran = sum(len(t.intermediate_values) for t in trials)
+    # pruning's saving, over the trials that ended (complete or pruned): a failed or unfinished one saved nothing
+    ended = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    ran = sum(len(t.intermediate_values) for t in ended)
     counts = {s.name: sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
     lines = [f"# Optuna study: {len(trials)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())}), "
              f"n_trials={n_trials}, {study.direction.name.lower()} {monitor}", "",
              markdown_table(["trial", "state", *keys, monitor, "epochs", "pruned at"], rows), ""]
-    if epochs:
-        full = len(trials) * epochs
-        lines.append(f"Epochs run: {ran} of {full} (trials x trainer.epochs = {len(trials)} x {epochs}): "
-                     f"pruning saved {1 - ran / full:.0%}")
+    if epochs and ended:
+        full = len(ended) * epochs
+        lines.append(f"Epochs run: {ran} of {full} (complete and pruned trials x trainer.epochs = {len(ended)} x "
+                     f"{epochs}): pruning saved {1 - ran / full:.0%}")
     try:
         best = study.best_trial
         params = " ".join(f"{k}={_short(v)}" for k, v in best.params.items())
