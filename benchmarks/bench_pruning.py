@@ -65,8 +65,8 @@ def main() -> None:
     print(h.table(rows, ["sweep", "runs", "pruned", "epochs run", "saved", "best val_accuracy", "its test_accuracy",
                          "wall s"]))
     o, g = figures["optuna"], figures["grid"]
-    print(f"\nratio optuna / grid: epochs run {o['epochs_run'] / g['epochs_run']:.2f}, wall {o['wall_s'] / g['wall_s']:.2f}"
-          f"; best val_accuracy {o['best_val_accuracy'] - g['best_val_accuracy']:+.4f}")
+    print(f"\nratio optuna / grid: epochs run {o['epochs_run'] / g['epochs_run']:.2f}, "
+          f"wall {o['wall_s'] / g['wall_s']:.2f}; best val_accuracy {o['best_val_accuracy'] - g['best_val_accuracy']:+.4f}")
     h.write("bench_pruning", args, figures, raw)
 
 

@@ -150,7 +150,8 @@ def test_a_killed_study_resumes_to_n_trials_in_its_sweep_folder(data_dir, store,
                                            "'successive_halving']. Fix: hydra.sweeper.pruner=median"),
         ("hydra.sweeper.sampler=cmaes", "unknown sampler 'cmaes'; choose from ['random', 'tpe']"),
         ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0: must be >= 1"),
-        ("optimizer.learning_rate=interval(0.1,0.01)", "'optimizer.learning_rate=interval(0.1,0.01)' cannot be sampled"),
+        ("optimizer.learning_rate=interval(0.1,0.01)",
+         "'optimizer.learning_rate=interval(0.1,0.01)' cannot be sampled"),
     ],
 )
 def test_a_sweep_that_cannot_run_is_refused_before_anything_is_recorded(
