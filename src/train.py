@@ -106,9 +106,6 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
     log.info("Training loop: %s (%s)", resolved.loop.value, resolved.why)
 
     parent_run_id, sweep_tags = sweep.parent(job.sweep_dir, job.overrides, job.num)
-    trial = search.JobTrial.of_job(job.sweep_dir, job.num)  # an Optuna sweep's job: report each epoch, maybe prune
-    if trial is not None:
-        sweep_tags.update(trial.tags())
     run_tags = {**provenance.tags(job.choices, job.overrides, chosen.value), **sweep_tags, names.DEVICE: device,
                 names.LOOP_RESOLVED: resolved.loop.value}
     # Checkpoint of the last finished epoch, in a folder a requeued SLURM job finds again.
@@ -117,6 +114,9 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
     # Records the store does not take (a server lost mid-run) are kept here, to import later.
     kept = outbox.Outbox(workdir / outbox.FILENAME)
     system_metrics = cfg.tracking.system_metrics_interval if cfg.tracking.system_metrics else None
+    trial = search.JobTrial.of_job(job.sweep_dir, job.num)  # an Optuna sweep's job: report each epoch, maybe prune
+    if trial is not None:
+        run_tags.update(trial.tags())
     with runs.run(
         experiment_id, job.name or cfg.model.name, run_tags, parent_run_id, resume_run_id=backup.run_id, outbox=kept,
         system_metrics=system_metrics,
