@@ -106,3 +106,20 @@ class StopOnSignal(keras.callbacks.Callback):
 
     def on_test_batch_end(self, batch, logs=None):
         runs.raise_if_interrupted()
+
+
+class ReportToTrial(keras.callbacks.Callback):
+    """An Optuna sweep's job (src/search.py JobTrial): reports `monitor` after every epoch to its trial, and stops
+    training at the end of an epoch its pruner prunes (the run then ends FINISHED, tagged pruned). After the last
+    epoch there is nothing left to save: the trial completes, whatever the pruner would say."""
+
+    def __init__(self, trial, monitor: str, epochs: int):
+        super().__init__()
+        self.trial = trial
+        self.monitor = monitor
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = numeric_logs(logs).get(self.monitor)
+        if value is not None and self.trial.report(epoch + 1, value, may_prune=epoch + 1 < self.epochs):
+            self.model.stop_training = True

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -156,8 +156,29 @@ class Config:
     data_dir: Optional[str] = None  # None: $LE5_DATA_DIR if set, else <project>/data
 
 
+@dataclass
+class OptunaSweeperConfig:
+    """hydra/sweeper=optuna (conf/hydra/sweeper/optuna.yaml, src/search.py); direction follows trainer.monitor."""
+
+    _target_: str = "hydra_plugins.le5_optuna.sweeper.OptunaSweeper"
+    n_trials: int = 20  # trials that finish (complete or pruned), counting those of an earlier run in the folder
+    n_jobs: int = 1  # trials in flight at once (the basic launcher runs one at a time)
+    sampler: str = "tpe"  # a key of src/search.py's SAMPLERS: tpe, random
+    seed: Optional[int] = None  # the sampler's seed; None: the config's seed
+    pruner: str = "median"  # a key of src/search.py's PRUNERS: median, successive_halving (ASHA), none
+    # The pruners' arguments, as Optuna names them. median: no pruning before n_startup_trials trials finished,
+    # nor before epoch n_warmup_steps + 1 of a trial
+    n_startup_trials: int = 5
+    n_warmup_steps: int = 0
+    # successive_halving: the first rung after min_resource epochs, then every reduction_factor times more
+    min_resource: int = 1
+    reduction_factor: int = 3
+    params: Dict[str, str] = field(default_factory=dict)  # the search space: {key: interval(...), choice(...), ...}
+
+
 def register() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
+    ConfigStore.instance().store(group="hydra/sweeper", name="optuna_schema", node=OptunaSweeperConfig)
 
 
 def lower_is_better(monitor: str) -> bool:

@@ -31,3 +31,9 @@ BEST_RUN_ID, BEST_RUN_NAME = "best_run_id", "best_run_name"
 EPOCH_TIME = "epoch_time_s"
 HISTORY = ("loss", "accuracy", "val_loss", "val_accuracy")
 TEST_PREFIX = "test_"
+
+# Optuna sweeps (src/search.py): on each trial's run, and on the sweep's parent
+OPTUNA_TRIAL, OPTUNA_PARAM = "optuna.trial", "optuna.param"  # the trial's number; optuna.param.<key>: a sampled value
+PRUNED, PRUNED_AT_EPOCH = "pruned", "pruned_at_epoch"  # a trial its pruner stopped: its run ends FINISHED with these
+OPTUNA_TRIALS, OPTUNA_BEST_TRIAL, OPTUNA_BEST_VALUE, OPTUNA_BEST_PARAMS = (
+    "optuna.trials", "optuna.best_trial", "optuna.best_value", "optuna.best_params")

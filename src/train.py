@@ -92,7 +92,7 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
     import mlflow
 
     from . import (batches, data, hardware, inputs, models, names, outbox, preflight, provenance, redaction, resume,
-                   runs, store, sweep)
+                   runs, search, store, sweep)
 
     models.check(cfg.model, cfg.optimizer)
     preflight.check_folder(workdir, "output folder", preflight.OUTPUT_FIX)
@@ -121,6 +121,9 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
     # Records the store does not take (a server lost mid-run) are kept here, to import later.
     kept = outbox.Outbox(workdir / outbox.FILENAME)
     system_metrics = cfg.tracking.system_metrics_interval if cfg.tracking.system_metrics else None
+    trial = search.JobTrial.of_job(job.sweep_dir, job.num)  # an Optuna sweep's job: report each epoch, maybe prune
+    if trial is not None:
+        run_tags.update(trial.tags())
     with runs.run(
         experiment_id, job.name or cfg.model.name, run_tags, parent_run_id, resume_run_id=backup.run_id, outbox=kept,
         system_metrics=system_metrics,
@@ -144,22 +147,25 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
         model.summary(print_fn=lambda line, **_: log.info(line))
 
         batch_size = cfg.trainer.batch_size
+        fit_callbacks = _callbacks(cfg, run.info.run_id, backup, kept, trial)
         if resolved.compiled:  # src/compiled.py: one compiled program per epoch, the same callbacks
             from . import compiled
 
             epochs = compiled.Epochs(model, ds, batch_size, cfg.seed, resolved.budget_bytes, resolved.device)
-            this_start = epochs.fit(cfg.trainer.epochs, initial_epoch, _callbacks(cfg, run.info.run_id, backup, kept),
-                                    cfg.trainer.verbose)
+            this_start = epochs.fit(cfg.trainer.epochs, initial_epoch, fit_callbacks, cfg.trainer.verbose)
         else:
             this_start = model.fit(
                 **batches.fit_args(ds.train, batch_size, shuffle=True, seed=cfg.seed),
                 validation_data=batches.validation_data(ds.val, batch_size),
                 initial_epoch=initial_epoch,
                 epochs=cfg.trainer.epochs,
-                callbacks=_callbacks(cfg, run.info.run_id, backup, kept),
+                callbacks=fit_callbacks,
                 verbose=cfg.trainer.verbose,
             ).history
         _raise_on_nan(this_start, cfg)
+        if trial is not None and trial.pruned_at is not None:  # stopped, not failed: the run ends FINISHED
+            kept.set_tag(run.info.run_id, names.PRUNED, "true")
+            kept.set_tag(run.info.run_id, names.PRUNED_AT_EPOCH, str(trial.pruned_at))
         history = backup.history  # every epoch, also those before a requeue
 
         if resolved.compiled:
@@ -177,7 +183,7 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
     return float(config.best(history[cfg.trainer.monitor], cfg.trainer.monitor))
 
 
-def _callbacks(cfg, run_id: str, backup, kept) -> list:
+def _callbacks(cfg, run_id: str, backup, kept, trial=None) -> list:
     import keras
 
     from . import callbacks
@@ -198,6 +204,8 @@ def _callbacks(cfg, run_id: str, backup, kept) -> list:
                 verbose=1,
             )
         )
+    if trial is not None:  # last: the epoch is backed up and logged before the pruner may stop training
+        found.append(callbacks.ReportToTrial(trial, cfg.trainer.monitor, cfg.trainer.epochs))
     return found
 
 

@@ -25,8 +25,11 @@ def first_sweep_point(overrides: list[str]) -> list[str]:
     points = []
     for key, values in params.items():
         override = parser.parse_override(f"{key}={values}")
-        points.append(f"{key}={next(iter(override.sweep_string_iterator()))}" if override.is_sweep_override()
-                      else f"{key}={values}")
+        if override.is_interval_sweep():  # an Optuna search space (hydra/sweeper=optuna): its low end
+            points.append(f"{key}={override.value().start}")
+        else:
+            points.append(f"{key}={next(iter(override.sweep_string_iterator()))}" if override.is_sweep_override()
+                          else f"{key}={values}")
     return points
 
 

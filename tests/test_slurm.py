@@ -269,3 +269,39 @@ def test_preempted_sweep_job_is_requeued_by_submitit_and_resumes_its_run(data_di
     for key in ("loss", "val_loss", "epoch_time_s"):
         assert steps(run.info.run_id, key) == list(range(1, epochs + 1)), key
     assert by_id[child.data.tags["mlflow.parentRunId"]].info.status == "FINISHED"
+
+
+def test_optuna_sweep_runs_trials_as_slurm_jobs_two_at_a_time_and_prunes(data_dir, store, experiment, tmp_path):
+    """hydra/sweeper=optuna with hydra/launcher=slurm: each trial one SLURM job, reporting every epoch to the
+    study in the sweep folder (the shared filesystem); a new trial starts as soon as one ends."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from src import search
+    from test_search import STUDY, load
+
+    sweep_dir = tmp_path / "sweep"
+    started = time.perf_counter()
+    result = run_cli(
+        ["-m", *LAUNCHER, *base_overrides(data_dir, store, experiment), *STUDY, "hydra.sweeper.n_jobs=2",
+         "hydra.sweeper.n_startup_trials=2", f"hydra.sweep.dir={sweep_dir}"],  # trials 0-3 run two by two
+        timeout=600,
+    )
+    print(f"\n6-trial hydra/sweeper=optuna hydra/launcher=slurm study: {time.perf_counter() - started:.1f} s wall")
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = load(sweep_dir).trials
+    assert [t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials] == [True] * 6
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned and all(len(t.intermediate_values) < 3 for t in pruned), [(t.state, t.params) for t in trials]
+
+    children = [r for r in runs(experiment) if "mlflow.parentRunId" in r.data.tags]
+    by_trial = {int(c.data.tags["optuna.trial"]): c for c in children}
+    assert sorted(by_trial) == list(range(6)) and all(c.info.status == "FINISHED" for c in children)
+    assert len({c.data.tags["slurm.job_id"] for c in children}) == 6  # one SLURM job per trial
+    for t in pruned:
+        assert by_trial[t.number].data.tags["pruned_at_epoch"] == str(len(t.intermediate_values))
+        assert steps(by_trial[t.number].info.run_id) == list(range(1, len(t.intermediate_values) + 1))
+    # n_jobs=2: two trials in flight at once, never three
+    spans = [(c.info.start_time, c.info.end_time) for c in children]
+    in_flight = max(sum(s <= start < e for s, e in spans) for start, _ in spans)
+    assert in_flight == 2

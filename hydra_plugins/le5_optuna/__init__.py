@@ -1,0 +1,1 @@
+"""`hydra/sweeper=optuna`: the project's Optuna sweeper (Hydra instantiates plugins only from `hydra_plugins`)."""
