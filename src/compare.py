@@ -161,6 +161,30 @@ def _fmt(value, digits=4) -> str:
     return str(value)
 
 
+def best_run(summaries: list[RunSummary]) -> tuple[RunSummary, str, float, int] | None:
+    """The best finished run by the objective src.train returns to sweepers (its best epoch's trainer.monitor),
+    with that monitor, value and epoch; None when no finished run has it. The runs' own trainer.monitor when they
+    share one, else val_loss."""
+    monitors = {s.params.get("trainer.monitor") for s in summaries}
+    monitor = monitors.pop() if len(monitors) == 1 and None not in monitors else "val_loss"
+    scored = [(s, _best(s.history.get(monitor, []), monitor)) for s in summaries if s.status == "FINISHED"]
+    scored = [(s, found) for s, found in scored if found]
+    if not scored:
+        return None
+    s, (value, epoch) = config.best(scored, monitor, key=lambda pair: pair[1][0])
+    return s, monitor, value, epoch
+
+
+def best_line(summaries: list[RunSummary], label: dict[str, str]) -> str:
+    found = best_run(summaries)
+    if found is None:
+        return "Best run: none (no finished run has the monitored metric)."
+    s, monitor, value, epoch = found
+    word = "lowest" if config.lower_is_better(monitor) else "highest"
+    return (f"Best run: {s.run_id[:8]} ({label[s.run_id]}), {monitor} {value:.4f} at epoch {epoch} "
+            f"({word} best-epoch {monitor}, the value src.train returns to sweepers); run id {s.run_id}")
+
+
 def table(summaries: list[RunSummary]) -> tuple[list[str], list[list[str]]]:
     keys = differing_params(summaries)
     header = ["run", *keys, "status", "epochs", "best val_loss (ep)", "final val_loss",
@@ -185,7 +209,7 @@ def table(summaries: list[RunSummary]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def report(title: str, command: str, uri: str, summaries, header, rows, plot_name: str) -> str:
+def report(title: str, command: str, uri: str, summaries, header, rows, plot_name: str, best: str = "") -> str:
     runs = "\n".join(
         f"- `{s.run_id}` {s.name} ({s.status}" + (f": {s.failure}" if s.failure else "") + ")" for s in summaries
     )
@@ -193,7 +217,8 @@ def report(title: str, command: str, uri: str, summaries, header, rows, plot_nam
         f"# {title}\n\n"
         f"Made by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from `{uri}`.\n\n"
         f"{markdown_table(header, rows)}\n\n"
-        "best = lowest val_loss / highest val_accuracy, with its epoch (counted from 1); wall s = the MLflow run's "
+        + (f"{best}\n\n" if best else "")
+        + "best = lowest val_loss / highest val_accuracy, with its epoch (counted from 1); wall s = the MLflow run's "
         "start to end (building, training, testing, logging; the data is loaded before the run starts).\n\n"
         f"![validation loss and accuracy per epoch]({plot_name})\n\n"
         f"Runs:\n\n{runs}\n"
@@ -257,16 +282,17 @@ def _compare(args, uri: str) -> int:
 
     header, rows = table(summaries)
     print(text_table(header, rows))
+    keys = differing_params(summaries)
+    label = dict(zip((s.run_id for s in summaries), labels(summaries, keys)))
+    best = best_line(summaries, label)
+    print(f"\n{best}")
 
     out = args.out or PROJECT_ROOT / "outputs" / "compare" / _slug(args.targets)
     out.mkdir(parents=True, exist_ok=True)
     title = f"Comparison of {' '.join(args.targets)}"
-    keys = differing_params(summaries)
-    plot = plots.compare(
-        {label: s.history for label, s in zip(labels(summaries, keys), summaries)}, out / "compare.png", title=title
-    )
+    plot = plots.compare({label[s.run_id]: s.history for s in summaries}, out / "compare.png", title=title)
     md = out / "report.md"
-    md.write_text(report(title, args.command, uri, summaries, header, rows, plot.name))
+    md.write_text(report(title, args.command, uri, summaries, header, rows, plot.name, best))
     print(f"\nplot:   {plot}\nreport: {md}")
 
     parents = {s.parent for s in summaries}

@@ -191,6 +191,14 @@ def best(values, monitor: str, key=None):
     return (min if lower_is_better(monitor) else max)(values, key=key)
 
 
+def objective(values, monitor: str) -> float | None:
+    """A run's objective: the best finite value of `monitor` over its epochs (None: no epoch has one). The one
+    definition of "best" that src.train returns to sweepers, logs as names.objective(monitor), and that the
+    sweep summary and compare rank runs by."""
+    finite = [float(v) for v in values if math.isfinite(v)]
+    return best(finite, monitor) if finite else None
+
+
 def unquoted_non_ascii(argv: list[str]) -> str | None:
     """The problem with the first override that has a non-ASCII character outside quotes, else None.
 

@@ -32,6 +32,12 @@ EPOCH_TIME = "epoch_time_s"
 HISTORY = ("loss", "accuracy", "val_loss", "val_accuracy")
 TEST_PREFIX = "test_"
 
+
+def objective(monitor: str) -> str:
+    """The metric holding a run's objective: its best epoch's `monitor` (best_val_loss), what src.train returns to
+    sweepers and what "the best run" means everywhere (the sweep summary, compare, the Optuna study)."""
+    return f"best_{monitor}"
+
 # Optuna sweeps (src/search.py): on each trial's run, and on the sweep's parent
 OPTUNA_TRIAL, OPTUNA_PARAM = "optuna.trial", "optuna.param"  # the trial's number; optuna.param.<key>: a sampled value
 PRUNED, PRUNED_AT_EPOCH = "pruned", "pruned_at_epoch"  # a trial its pruner stopped: its run ends FINISHED with these

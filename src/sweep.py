@@ -172,7 +172,7 @@ class MLflowSweep(Callback):
                 {
                     names.BEST_RUN_ID: best.info.run_id,
                     names.BEST_RUN_NAME: best.info.run_name,
-                    f"best_{self.monitor}": str(best.data.metrics.get(self.monitor)),
+                    names.objective(self.monitor): str(best.data.metrics.get(names.objective(self.monitor))),
                 }
             )
         if reason:
@@ -205,21 +205,23 @@ def summary(children: list, monitor: str = "val_loss") -> tuple[str, object | No
             [run.info.run_id[:8], run.info.status, *(o.get(k, "") for k in varying),
              *(f"{m[k]:.4f}" if k in m else "" for k in METRICS), job]
         )
-    finished = [r for r in children if r.info.status == "FINISHED" and monitor in r.data.metrics]
+    # The best run is the one with the best objective (its best epoch, as src.train returns), not the best last epoch.
+    objective = names.objective(monitor)
+    finished = [r for r in children if r.info.status == "FINISHED" and objective in r.data.metrics]
     best = None
     if finished:
-        best = best_of(finished, monitor, key=lambda r: r.data.metrics[monitor])
+        best = best_of(finished, monitor, key=lambda r: r.data.metrics[objective])
     lines = [
         f"# Sweep: {len(children)} runs, {sum(r.info.status == 'FINISHED' for r in children)} finished",
         "",
         markdown_table(columns, [[str(c) for c in row] for row in rows]),
         "",
         (
-            f"Best run by final {monitor} ({'lowest' if lower_is_better(monitor) else 'highest'}): "
+            f"Best run by its best epoch's {monitor} ({'lowest' if lower_is_better(monitor) else 'highest'}): "
             f"{best.info.run_id[:8]} ({' '.join(f'{k}={v}' for k, v in _overrides(best).items() if k in varying)}), "
-            f"{monitor} = {best.data.metrics[monitor]:.4f}, run id {best.info.run_id}"
+            f"{objective} = {best.data.metrics[objective]:.4f}, run id {best.info.run_id}"
             if best
-            else f"No finished run has {monitor}."
+            else f"No finished run has {objective}."
         ),
     ]
     return "\n".join(lines) + "\n", best

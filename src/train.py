@@ -172,7 +172,9 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
             test = epochs.evaluate("test")
         else:
             test = model.evaluate(**batches.fit_args(ds.test, batch_size), return_dict=True, verbose=0)
-        runs.log_final_metrics(kept, run.info.run_id, {f"test_{k}": v for k, v in test.items()})
+        objective = config.objective(history[cfg.trainer.monitor], cfg.trainer.monitor)
+        runs.log_final_metrics(kept, run.info.run_id, {**{f"test_{k}": v for k, v in test.items()},
+                                                        names.objective(cfg.trainer.monitor): objective})
         log.info("Test: %s", ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
         predictions = _predictions(model, batches.first(ds.test, 10), ds.test.y[:10])
         log.info("First 10 test predictions:\n%s", predictions)
@@ -180,7 +182,7 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
     backup.discard()  # the run is FINISHED: nothing left to resume
     log.info("Run %s FINISHED. %s", run.info.run_id, ui)
 
-    return float(config.best(history[cfg.trainer.monitor], cfg.trainer.monitor))
+    return float(objective)
 
 
 def _callbacks(cfg, run_id: str, backup, kept, trial=None) -> list:

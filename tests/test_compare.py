@@ -517,6 +517,8 @@ def test_cli_prints_the_table_writes_plot_and_report_and_logs_them_to_the_sweeps
         "         0.8750         0.8700    0.2600     90.0\n"
         f"{tanh[:8]}  tanh              FAILED    2       0.5000 (1)          0.7500          0.6250 (1)"
         "         0.5000         -         -          45.5\n"
+        f"\nBest run: {relu[:8]} (activation=relu), val_loss 0.2500 at epoch 2 (lowest best-epoch val_loss, the value "
+        f"src.train returns to sweepers); run id {relu}\n"
         f"\nplot:   {out / 'compare.png'}\nreport: {out / 'report.md'}\n"
         f"logged compare/compare.png and compare/report.md to the parent run {parent}\n"
     )

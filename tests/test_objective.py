@@ -37,6 +37,8 @@ def sweep_runs(client):
         client.log_metric(run_id, "val_accuracy", val_accuracy, step=1)
         client.log_metric(run_id, "loss", val_loss - 0.05, step=1)  # training metrics: same order
         client.log_metric(run_id, "accuracy", val_accuracy + 0.005, step=1)
+        for key, value in client.get_run(run_id).data.metrics.items():  # the objectives, as src.train logs them
+            client.log_metric(run_id, f"best_{key}", value, step=0)
         client.set_terminated(run_id, status[0] if status else "FINISHED")
         ids[num] = run_id
     return parent, ids
@@ -50,7 +52,7 @@ def test_sweep_summary_picks_the_best_in_the_monitors_direction(client, sweep_ru
     assert [c.info.run_id for c in children] == [ids[n] for n in range(len(CHILDREN))]
     text, best = sweep.summary(children, monitor=monitor)
     assert best.info.run_id == ids[job]
-    assert f"Best run by final {monitor} ({word}): {ids[job][:8]}" in text
+    assert f"Best run by its best epoch's {monitor} ({word}): {ids[job][:8]}" in text
 
 
 @pytest.mark.parametrize("monitor,job", [("val_loss", 1), ("val_accuracy", 2)])
@@ -83,6 +85,31 @@ def test_compare_best_columns_take_the_lowest_loss_and_the_highest_accuracy(clie
     assert cells["best val_acc (ep)"] == "0.9500 (2)" and cells["final val_acc"] == "0.8000"
 
 
+@pytest.mark.parametrize("monitor,winner", [("val_loss", "peaked"), ("val_accuracy", "steady")])
+def test_compare_names_the_best_run_by_its_best_epoch_as_the_sweep_does(client, monitor, winner):
+    """compare marks the run whose best epoch of trainer.monitor is best (what src.train returns), not the best last
+    epoch: 'peaked' reached val_loss 0.1 then overfit to 0.6; 'steady' ended at 0.3 with the higher accuracy."""
+    experiment_id = client.create_experiment(f"compare-best-{monitor}")
+    histories = {"peaked": {"val_loss": [0.4, 0.1, 0.6], "val_accuracy": [0.80, 0.85, 0.70]},
+                 "steady": {"val_loss": [0.5, 0.4, 0.3], "val_accuracy": [0.80, 0.88, 0.90]},
+                 "failed": {"val_loss": [0.01, 0.01, 0.01], "val_accuracy": [0.99, 0.99, 0.99]}}
+    summaries = {}
+    for name, history in histories.items():
+        run_id = client.create_run(experiment_id, run_name=name).info.run_id
+        client.log_param(run_id, "trainer.monitor", monitor)
+        for key, values in history.items():
+            for step, value in enumerate(values, start=1):
+                client.log_metric(run_id, key, value, step=step)
+        client.set_terminated(run_id, "FAILED" if name == "failed" else "FINISHED")
+        summaries[name] = compare.summarise(client, client.get_run(run_id))
+    best, chosen_monitor, value, epoch = compare.best_run(list(summaries.values()))
+    assert (best.name, chosen_monitor) == (winner, monitor)
+    assert (value, epoch) == ((0.1, 2) if winner == "peaked" else (0.90, 3))
+    label = {s.run_id: s.name for s in summaries.values()}
+    assert compare.best_line(list(summaries.values()), label).startswith(
+        f"Best run: {best.run_id[:8]} ({winner}), {monitor} {value:.4f} at epoch {epoch}")
+
+
 @pytest.mark.parametrize("monitor,expected", [("val_loss", 0.3), ("loss", 0.7), ("val_accuracy", 0.95), ("accuracy", 0.8)])
 def test_objective_is_the_best_epoch_in_the_monitors_direction(monitor, expected):
     history = {"loss": [0.9, 0.8, 0.7, 0.75], "val_loss": [0.6, 0.5, 0.3, 0.4],
@@ -100,3 +127,5 @@ def test_training_returns_the_highest_val_accuracy_to_sweepers(train_run, store)
     values = [m.value for m in history]
     assert len(set(values)) == 2, values
     assert math.isclose(objective, max(values), rel_tol=1e-6)
+    # logged as the run's objective, which the sweep summary and compare rank by
+    assert math.isclose(run.data.metrics["best_val_accuracy"], objective, rel_tol=1e-6)

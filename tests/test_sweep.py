@@ -79,7 +79,8 @@ def test_summary_lists_children_in_sweep_order_and_names_the_best():
         info = RunInfo(f"id{num}" * 4, "0", "u", status, 0, 1, "active", run_name=f"job{num}")
         tags = [RunTag("sweep.overrides", json.dumps(["hardware=cpu", f"optimizer.learning_rate={lr}"])),
                 RunTag("sweep.job_num", str(num))]
-        return Run(info, RunData(metrics=[Metric("val_loss", val_loss, 0, 1)], tags=tags))
+        return Run(info, RunData(metrics=[Metric("val_loss", val_loss, 0, 1), Metric("best_val_loss", val_loss, 0, 0)],
+                                 tags=tags))
 
     text, best = sweep.summary([child(0, 0.1, 0.5), child(1, 0.01, 0.2), child(2, 0.001, 0.1, "FAILED")])
     assert best.info.run_name == "job1"  # the lowest val_loss among the finished runs

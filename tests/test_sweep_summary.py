@@ -20,7 +20,9 @@ def child(run_id, status="FINISHED", overrides=None, metrics=None, **tags):
     all_tags = [RunTag(k.replace("__", "."), v) for k, v in tags.items()]
     if overrides is not None:
         all_tags.append(RunTag("sweep.overrides", json.dumps(overrides)))
-    return Run(info, RunData(metrics=[Metric(k, v, 0, 1) for k, v in (metrics or {}).items()], tags=all_tags))
+    # as src.train logs them: each run's objective (its best epoch's value; here its only epoch) beside the final one
+    metrics = {**(metrics or {}), **{f"best_{k}": v for k, v in (metrics or {}).items() if not k.startswith("test_")}}
+    return Run(info, RunData(metrics=[Metric(k, v, 0, 1) for k, v in metrics.items()], tags=all_tags))
 
 
 A = "aaaaaaaa" + "1" * 24
@@ -54,14 +56,14 @@ TABLE = """\
     "monitor,best,line",
     [
         ("val_loss", B,
-         f"Best run by final val_loss (lowest): bbbbbbbb (optimizer.learning_rate=0.01 model=mnist_cnn), "
-         f"val_loss = 0.2000, run id {B}"),
+         f"Best run by its best epoch's val_loss (lowest): bbbbbbbb (optimizer.learning_rate=0.01 model=mnist_cnn), "
+         f"best_val_loss = 0.2000, run id {B}"),
         ("val_accuracy", A,
-         f"Best run by final val_accuracy (highest): aaaaaaaa (optimizer.learning_rate=0.1 model=mnist_dense), "
-         f"val_accuracy = 0.9500, run id {A}"),
+         f"Best run by its best epoch's val_accuracy (highest): aaaaaaaa (optimizer.learning_rate=0.1 model=mnist_dense), "
+         f"best_val_accuracy = 0.9500, run id {A}"),
         ("loss", D,  # job 3 has no validation metrics, but it finished and has this one
-         f"Best run by final loss (lowest): dddddddd (optimizer.learning_rate=0.0001 model=mnist_dense), "
-         f"loss = 0.0500, run id {D}"),
+         f"Best run by its best epoch's loss (lowest): dddddddd (optimizer.learning_rate=0.0001 model=mnist_dense), "
+         f"best_loss = 0.0500, run id {D}"),
     ],
 )
 def test_the_summary_tables_every_child_in_order_and_names_the_best_finished_one(monitor, best, line):
@@ -75,12 +77,12 @@ def test_the_summary_tables_every_child_in_order_and_names_the_best_finished_one
 def test_the_summary_says_so_when_no_finished_run_has_the_monitor():
     text, chosen = sweep.summary(SWEEP, monitor="test_loss_of_nothing")
     assert chosen is None
-    assert text.endswith("\n\nNo finished run has test_loss_of_nothing.\n")
+    assert text.endswith("\n\nNo finished run has best_test_loss_of_nothing.\n")
     failed_only = [SWEEP[2]]  # it has val_loss, but it did not finish
     text, chosen = sweep.summary(failed_only)
     assert chosen is None
     assert text.startswith("# Sweep: 1 runs, 0 finished\n")
-    assert text.endswith("\n\nNo finished run has val_loss.\n")
+    assert text.endswith("\n\nNo finished run has best_val_loss.\n")
 
 
 def test_the_summary_of_a_sweep_without_children():
@@ -90,7 +92,7 @@ def test_the_summary_of_a_sweep_without_children():
         "# Sweep: 0 runs, 0 finished\n\n"
         "| run | status | val_loss | val_accuracy | test_loss | test_accuracy | slurm job |\n"
         "|---|---|---|---|---|---|---|\n\n"
-        "No finished run has val_loss.\n"
+        "No finished run has best_val_loss.\n"
     )
 
 
@@ -106,7 +108,7 @@ def test_when_no_override_varies_all_are_shown():
         "|---|---|---|---|---|---|---|---|---|\n"
         "| aaaaaaaa | FINISHED | a=b | 1 | 0.3000 |  |  |  |  |\n"
         "| bbbbbbbb | RUNNING | a=b | 1 | 0.1000 |  |  |  |  |\n\n"
-        f"Best run by final val_loss (lowest): aaaaaaaa (seed=1 hydra.job.env_set.X=a=b), val_loss = 0.3000, run id {A}\n"
+        f"Best run by its best epoch's val_loss (lowest): aaaaaaaa (seed=1 hydra.job.env_set.X=a=b), best_val_loss = 0.3000, run id {A}\n"
     )
 
 
@@ -121,4 +123,15 @@ def test_a_child_without_overrides_shows_empty_cells():
         "| bbbbbbbb | FINISHED |  | 0.1000 |  |  |  |  |",
         "| cccccccc | FINISHED |  | 0.2000 |  |  |  |  |",
     ]
-    assert text.endswith(f"Best run by final val_loss (lowest): bbbbbbbb (), val_loss = 0.1000, run id {B}\n")
+    assert text.endswith(f"Best run by its best epoch's val_loss (lowest): bbbbbbbb (), best_val_loss = 0.1000, run id {B}\n")
+
+
+def test_the_best_run_is_the_one_with_the_best_epoch_not_the_best_last_epoch():
+    """What src.train returns to sweepers (its best epoch) decides, as in compare: job A peaked at 0.1 and ended
+    at 0.6, job B never went below 0.3 but ended there. A is the best run."""
+    a = child(A, "FINISHED", ["seed=1"], {"val_loss": 0.6})
+    b = child(B, "FINISHED", ["seed=2"], {"val_loss": 0.3})
+    a.data._add_metric(Metric("best_val_loss", 0.1, 0, 0))
+    text, chosen = sweep.summary([a, b])
+    assert chosen.info.run_id == A
+    assert text.endswith(f"Best run by its best epoch's val_loss (lowest): aaaaaaaa (seed=1), best_val_loss = 0.1000, run id {A}\n")
