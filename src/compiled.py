@@ -118,12 +118,14 @@ class Epochs:
     per epoch (or per streamed chunk). `budget_bytes`: at most this much data on the device.
     """
 
-    def __init__(self, model: keras.Model, ds, batch_size: int, seed: int, budget_bytes: int, device=None):
+    def __init__(self, model: keras.Model, ds, batch_size: int, seed: int, budget_bytes: int, device=None,
+                 verbose: int = 2):
         if keras.backend.backend() != "jax":
             raise RuntimeError("compiled epochs need the JAX backend")  # loop.check refuses it earlier, with the fix
         self.model, self.batch_size, self.budget = model, batch_size, int(budget_bytes)
         self.device = device or jax.devices()[0]
         self.key = jax.random.key(seed)
+        self.verbose = verbose
         self._data = ds
         self._rows: dict[str, Rows] = {}
         self._resident: dict[int, tuple] = {}  # id(Rows) -> (x, y) on the device
@@ -256,9 +258,10 @@ class Epochs:
 
     # fit ---------------------------------------------------------------------------------------
 
-    def fit(self, epochs: int, initial_epoch: int = 0, callbacks=None, verbose: int = 2) -> dict[str, list[float]]:
+    def fit(self, epochs: int, initial_epoch: int = 0, callbacks=None, verbose: int | None = None) -> dict[str, list[float]]:
         """Like keras.Model.fit(shuffle=True) on the training split, validating on `val` after every epoch;
-        returns History.history of this call's epochs."""
+        returns History.history of this call's epochs (the loop interface of src/loop.py)."""
+        verbose = self.verbose if verbose is None else verbose
         model, train, validation = self.model, self.rows("train"), self.rows("val")
         self.build(train)
         where = self.plan(train, validation)

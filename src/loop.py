@@ -29,6 +29,47 @@ class Resolved:
         return self.loop == Loop.compiled
 
 
+class FitLoop:
+    """keras.Model.fit and evaluate behind the loop interface that compiled.Epochs also has:
+
+        fit(epochs, initial_epoch, callbacks) -> History.history of this call's epochs
+        evaluate(split) -> {metric: value} on the split "train", "val" or "test"
+
+    so train() builds one loop and never branches on which. The model stays a plain keras.Model.
+    """
+
+    def __init__(self, model, ds, batch_size: int, seed: int, verbose: int = 2):
+        self.model, self.ds, self.batch_size, self.seed, self.verbose = model, ds, batch_size, seed, verbose
+
+    def fit(self, epochs: int, initial_epoch: int = 0, callbacks=None) -> dict[str, list[float]]:
+        from . import batches  # imports Keras: after the backend is set
+
+        return self.model.fit(
+            **batches.fit_args(self.ds.train, self.batch_size, shuffle=True, seed=self.seed),
+            validation_data=batches.validation_data(self.ds.val, self.batch_size),
+            initial_epoch=initial_epoch,
+            epochs=epochs,
+            callbacks=callbacks,
+            verbose=self.verbose,
+        ).history
+
+    def evaluate(self, split: str = "test") -> dict[str, float]:
+        from . import batches
+
+        return self.model.evaluate(**batches.fit_args(getattr(self.ds, split), self.batch_size), return_dict=True,
+                                   verbose=0)
+
+
+def trainer(resolved: "Resolved", model, ds, cfg):
+    """The loop that trains `model` on `ds` as `resolved` says: FitLoop, or compiled.Epochs (JAX)."""
+    if resolved.compiled:
+        from .compiled import Epochs
+
+        return Epochs(model, ds, cfg.trainer.batch_size, cfg.seed, resolved.budget_bytes, resolved.device,
+                      verbose=cfg.trainer.verbose)
+    return FitLoop(model, ds, cfg.trainer.batch_size, cfg.seed, cfg.trainer.verbose)
+
+
 def check(cfg, backend: Backend) -> None:
     """Refuse trainer.loop=compiled where it cannot run, before Keras is imported."""
     if Loop(cfg.trainer.loop) != Loop.compiled:

@@ -146,32 +146,15 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
             initial_epoch = backup.restore(model)  # 0 unless resuming
         model.summary(print_fn=lambda line, **_: log.info(line))
 
-        batch_size = cfg.trainer.batch_size
-        fit_callbacks = _callbacks(cfg, run.info.run_id, backup, kept, trial)
-        if resolved.compiled:  # src/compiled.py: one compiled program per epoch, the same callbacks
-            from . import compiled
-
-            epochs = compiled.Epochs(model, ds, batch_size, cfg.seed, resolved.budget_bytes, resolved.device)
-            this_start = epochs.fit(cfg.trainer.epochs, initial_epoch, fit_callbacks, cfg.trainer.verbose)
-        else:
-            this_start = model.fit(
-                **batches.fit_args(ds.train, batch_size, shuffle=True, seed=cfg.seed),
-                validation_data=batches.validation_data(ds.val, batch_size),
-                initial_epoch=initial_epoch,
-                epochs=cfg.trainer.epochs,
-                callbacks=fit_callbacks,
-                verbose=cfg.trainer.verbose,
-            ).history
+        training = loop.trainer(resolved, model, ds, cfg)  # Keras fit, or compiled epochs on JAX: the same interface
+        this_start = training.fit(cfg.trainer.epochs, initial_epoch, _callbacks(cfg, run.info.run_id, backup, kept, trial))
         _raise_on_nan(this_start, cfg)
         if trial is not None and trial.pruned_at is not None:  # stopped, not failed: the run ends FINISHED
             kept.set_tag(run.info.run_id, names.PRUNED, "true")
             kept.set_tag(run.info.run_id, names.PRUNED_AT_EPOCH, str(trial.pruned_at))
         history = backup.history  # every epoch, also those before a requeue
 
-        if resolved.compiled:
-            test = epochs.evaluate("test")
-        else:
-            test = model.evaluate(**batches.fit_args(ds.test, batch_size), return_dict=True, verbose=0)
+        test = training.evaluate("test")
         objective = config.objective(history[cfg.trainer.monitor], cfg.trainer.monitor)
         runs.log_final_metrics(kept, run.info.run_id, {**{f"test_{k}": v for k, v in test.items()},
                                                         names.objective(cfg.trainer.monitor): objective})

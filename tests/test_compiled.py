@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import BACKEND, base_overrides, compose, train_composed
+from conftest import BACKEND, TINY, base_overrides, compose, train_composed
 from src import callbacks, config, loop, names
 
 jax_only = pytest.mark.skipif(BACKEND != "jax", reason="trains in this process on Keras's JAX backend: KERAS_BACKEND=jax")
@@ -297,3 +297,28 @@ def test_mixed_precision_trains_compiled(train_run):
     """Keras's loss-scaling optimizer goes through the scan like any other (its state is optimizer variables)."""
     _, run = train_run("trainer.loop=compiled", "hardware.mixed_precision=true", "trainer.epochs=2")
     assert run.info.status == "FINISHED" and run.data.metrics["test_accuracy"] > 0.9
+
+
+def test_both_loops_share_one_interface(data_dir):
+    """train() builds one loop and calls fit(epochs, initial_epoch, callbacks) and evaluate(split): Keras fit on any
+    backend, compiled epochs on JAX; each returns this call's history and a metrics dict."""
+    import keras
+
+    from src import data, models
+
+    cfg = compose(["dataset.sha256=null", *TINY])
+    ds = data.load(cfg.dataset, data_dir)
+    kinds = [loop.Resolved(config.Loop.fit, "test")]
+    if BACKEND == "jax":
+        import jax
+
+        kinds.append(loop.Resolved(config.Loop.compiled, "test", 10**9, jax.devices("cpu")[0]))
+    for resolved in kinds:
+        keras.utils.set_random_seed(0)
+        model = models.build_model(cfg.model, ds.spec)
+        model.compile(optimizer=models.build_optimizer(cfg.optimizer), loss=ds.spec.loss, metrics=["accuracy"])
+        training = loop.trainer(resolved, model, ds, compose(["dataset.sha256=null", *TINY, "trainer.verbose=0"]))
+        history = training.fit(2, 0, [])
+        assert sorted(history) == ["accuracy", "loss", "val_accuracy", "val_loss"] and len(history["loss"]) == 2
+        assert len(training.fit(3, 2, [])["loss"]) == 1  # initial_epoch: only the epochs of this call
+        assert sorted(training.evaluate("test")) == ["accuracy", "loss"]
