@@ -101,10 +101,18 @@ class Heartbeat:
             beat(self.client, self.run_id)
 
 
-def why_dead(tags: dict, start_time_ms: int | None = None, now: float | None = None) -> str | None:
-    """Why the run's owner is provably gone, or None if it may be alive."""
+def why_dead(tags: dict, start_time_ms: int | None = None, now: float | None = None,
+             job_returned: bool = False) -> str | None:
+    """Why the run's owner is provably gone, or None if it may be alive.
+
+    `job_returned`: the caller (a sweep's driver, at the sweep's end) knows the run's job has returned. A job
+    outside SLURM ran in the driver's own process (the basic launcher), whose pid is alive: its run is dead all
+    the same. A SLURM job is judged by squeue as always (a requeued job comes back).
+    """
     now = time.time() if now is None else now
     host, pid = tags.get(HOST), tags.get(PID)
+    if job_returned and not tags.get(SLURM_JOB):
+        return "its job ended without ending the run (killed or crashed)"
     if host and pid and host == socket.gethostname():
         if tags.get(BOOT) and _boot_id() and tags[BOOT] != _boot_id():
             return f"its process {pid} on {host} is gone: the host rebooted since"
@@ -159,8 +167,13 @@ def reconcile(client: MlflowClient, experiment_ids: list[str] | None = None) -> 
         if reason is None:
             continue
         reason = f"Found dead by a later process: {reason}"
-        client.set_tag(run.info.run_id, names.FAILURE_REASON, reason)
-        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+        end_failed(client, run.info.run_id, reason)
         log.warning("Run %s was left RUNNING; ended FAILED: %s", run.info.run_id, reason)
         ended.append(run.info.run_id)
     return ended
+
+
+def end_failed(client: MlflowClient, run_id: str, reason: str) -> None:
+    """End a dead run FAILED with the reason; its metrics stay."""
+    client.set_tag(run_id, names.FAILURE_REASON, reason)
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))

@@ -18,10 +18,8 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import shutil
 import signal
 import socket
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -29,7 +27,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from . import names, store
+from . import liveness, names, store
 from .config import best as best_of
 from .config import lower_is_better
 from .tables import markdown_table
@@ -234,25 +232,12 @@ def _overrides(run) -> dict[str, str]:
 
 
 def _end_dead(client, children: list) -> None:
-    """Mark FAILED the children still RUNNING whose process is gone (killed hard, node lost)."""
+    """Mark FAILED the children still RUNNING whose job is over (killed hard, node lost): liveness's rule, told
+    that the sweep's jobs have returned."""
     for run in children:
-        if run.info.status != "RUNNING" or _job_alive(run.data.tags):
+        if run.info.status != "RUNNING":
             continue
-        client.set_tag(run.info.run_id, names.FAILURE_REASON, "its job ended without ending the run (killed or crashed)")
-        client.set_terminated(run.info.run_id, "FAILED")
-        log.error("Child run %s (%s) died without ending: marked FAILED", run.info.run_name, run.info.run_id)
-
-
-def _job_alive(tags: dict) -> bool:
-    """Is the run's SLURM job still pending or running (a requeued job comes back)? Local jobs ran in
-    this process, so a local child still RUNNING when the sweep ends is dead."""
-    job = tags.get(names.SLURM_JOB)
-    if not job or not shutil.which("squeue"):
-        return False
-    try:
-        state = subprocess.run(
-            ["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=30
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return True  # cannot tell: leave it alone
-    return state in {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD"}
+        reason = liveness.why_dead(run.data.tags, run.info.start_time, job_returned=True)
+        if reason is not None:
+            liveness.end_failed(client, run.info.run_id, reason)
+            log.error("Child run %s (%s) died without ending: marked FAILED", run.info.run_name, run.info.run_id)

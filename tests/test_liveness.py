@@ -181,3 +181,20 @@ def test_reconcile_and_the_sweep_summary_read_every_page_of_runs(store, experime
     ]
     assert [r.info.run_id for r in sweep._children(client, parent)] == children
     assert sorted(liveness.reconcile(client, [experiment_id])) == sorted(children)
+
+
+def test_at_a_sweeps_end_one_rule_judges_its_children(tmp_path, monkeypatch):
+    """The sweep driver asks liveness, with its one set of SLURM states: a job that ran in the driver's own (live)
+    process and returned without ending its run is dead; a SLURM job squeue still lists (requeued) is not."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text('#!/bin/sh\ncase "$*" in *111*) echo REQUEUED;; *) echo COMPLETED;; esac\n')
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    local = me()  # the basic launcher: the child's owner is the driver itself, alive
+    assert liveness.why_dead(local) is None
+    assert "its job ended without ending the run" in liveness.why_dead(local, job_returned=True)
+    requeued = {liveness.HOST: "node-8", liveness.SLURM_JOB: "111", liveness.HEARTBEAT: f"{time.time():.0f}"}
+    assert liveness.why_dead(requeued, job_returned=True) is None
+    ended = {**requeued, liveness.SLURM_JOB: "222"}
+    assert "SLURM job 222 is no longer running (squeue: COMPLETED)" in liveness.why_dead(ended, job_returned=True)
