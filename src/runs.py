@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 
 from . import liveness, names
@@ -69,11 +70,9 @@ def run(
     `resume_run_id` reopens that run (a requeued job continues its run) instead of starting one.
     With an `outbox`, a store that stopped answering gets the end (and tag) later, from its file.
     `system_metrics`: MLflow's system metrics (system/cpu_utilization_percentage, ...) every that many
-    seconds; None: off. First, runs of the experiment left RUNNING by a dead process are ended FAILED
-    (src/liveness.py).
+    seconds after a first minute sampled every second (SystemMetrics); None: off. First, runs of the experiment
+    left RUNNING by a dead process are ended FAILED (src/liveness.py).
     """
-    if system_metrics is not None:
-        mlflow.set_system_metrics_sampling_interval(system_metrics)
     client = MlflowClient()
     try:
         liveness.reconcile(client, [experiment_id])
@@ -86,32 +85,33 @@ def run(
         # This process owns the run before it is RUNNING again, so a concurrent reconcile never ends it.
         client.log_batch(resume_run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         mlflow.set_experiment(experiment_id=experiment_id)  # start_run refuses a run outside the active experiment
-        active = mlflow.start_run(run_id=resume_run_id, tags=tags, log_system_metrics=system_metrics is not None)
+        active = mlflow.start_run(run_id=resume_run_id, tags=tags, log_system_metrics=False)
         with contextlib.suppress(mlflow.exceptions.MlflowException):  # the reason of the last stop
             MlflowClient().delete_tag(resume_run_id, names.FAILURE_REASON)
     else:
         active = mlflow.start_run(
             experiment_id=experiment_id, run_name=run_name, tags=tags, parent_run_id=parent_run_id,
-            log_system_metrics=system_metrics is not None,
+            log_system_metrics=False,  # SystemMetrics below: MLflow's monitor on a schedule
         )
     uri = mlflow.get_tracking_uri()
     log.info(
         "MLflow run %s (%s) in experiment %s at %s%s",
         run_name, active.info.run_id, experiment_id, redact(uri), " (resumed)" if resume_run_id else "",
     )
+    monitor = SystemMetrics(active.info.run_id, system_metrics).start() if system_metrics is not None else None
     restore = _signals_raise()
     heartbeat = liveness.Heartbeat(client, active.info.run_id).start()  # within long epochs
     try:
         yield active
         raise_if_interrupted()  # one swallowed on the way still ends the run KILLED, not FINISHED
     except (KeyboardInterrupt, SystemExit) as err:  # SystemExit: submitit's requeue exits so
-        _end(active, "KILLED", _interrupt_reason(err), outbox)
+        _end(active, "KILLED", _interrupt_reason(err), outbox, monitor)
         raise
     except BaseException as err:
-        _end(active, "FAILED", f"{type(err).__name__}: {err}", outbox)
+        _end(active, "FAILED", f"{type(err).__name__}: {err}", outbox, monitor)
         raise
     else:
-        _end(active, "FINISHED", None, outbox)
+        _end(active, "FINISHED", None, outbox, monitor)
     finally:
         heartbeat.stop()
         restore()
@@ -121,6 +121,37 @@ def run(
                 "Import them when it answers again: %s", redact(uri), active.info.run_id, outbox.path,
                 outbox_import_command(outbox.path),
             )
+
+
+class SystemMetrics(SystemMetricsMonitor):
+    """MLflow's system-metrics monitor, sampling every FIRST_INTERVAL_S for the first FIRST_MINUTE_S of the run,
+    then every `interval` seconds.
+
+    At a fixed 10 s, a 12 s run got one sample and the UI drew a bar, not a curve; at 1 s throughout, an hour-long
+    run would write 3,600 points per metric. MLflow's loop reads `sampling_interval` before each wait, so the
+    schedule is that one attribute. Samples are logged one by one (samples_before_logging=1).
+    """
+
+    FIRST_INTERVAL_S = 1.0
+    FIRST_MINUTE_S = 60.0
+
+    def __init__(self, run_id: str, interval: float):
+        self._started = time.monotonic()
+        self._interval = float(interval)
+        super().__init__(run_id, sampling_interval=interval, samples_before_logging=1, resume_logging=True)
+
+    @property
+    def sampling_interval(self) -> float:
+        early = time.monotonic() - self._started < self.FIRST_MINUTE_S
+        return min(self.FIRST_INTERVAL_S, self._interval) if early else self._interval
+
+    @sampling_interval.setter
+    def sampling_interval(self, value) -> None:  # MLflow's __init__ sets it; the schedule above decides
+        pass
+
+    def start(self) -> "SystemMetrics":
+        super().start()
+        return self
 
 
 def log_params(active, params: dict[str, str]) -> None:
@@ -156,8 +187,11 @@ def _interrupt_reason(err: BaseException) -> str:
     return f"{type(err).__name__}: interrupted"
 
 
-def _end(active, status: str, reason: str | None, outbox: Outbox | None) -> None:
+def _end(active, status: str, reason: str | None, outbox: Outbox | None, monitor=None) -> None:
     run_id = active.info.run_id
+    if monitor is not None:
+        with contextlib.suppress(Exception):  # its last samples; never a reason not to end the run
+            monitor.finish()
     wait_for_metrics()  # epochs still queued by MLflowMetrics (fit interrupted before on_train_end) go first
     if outbox is None:
         try:

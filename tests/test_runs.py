@@ -398,3 +398,24 @@ def test_final_metrics_are_kept_at_step_0_with_the_current_time(tmp_path):
     assert all(type(value) is float for _, value, _, _ in record["metrics"])
     assert all(before <= timestamp <= after for _, _, timestamp, _ in record["metrics"])
 
+
+
+def test_a_short_run_gets_a_curve_of_system_metrics_at_the_default_interval(experiment_id):
+    """At the default 10 s interval a 12 s run had one sample (a bar in the UI): the first minute is sampled every
+    second, so a 6 s run has at least 5 points, at consecutive steps."""
+    with runs.run(experiment_id, "short", {}, system_metrics=10.0) as active:
+        time.sleep(6.2)
+    history = MlflowClient().get_metric_history(active.info.run_id, "system/cpu_utilization_percentage")
+    steps = sorted(m.step for m in history)
+    assert len(steps) >= 5, steps
+    assert steps == list(range(len(steps)))
+
+
+def test_after_the_first_minute_the_configured_interval_applies():
+    monitor = runs.SystemMetrics.__new__(runs.SystemMetrics)  # the schedule alone: no run, no thread
+    monitor._interval, monitor._started = 10.0, time.monotonic()
+    assert monitor.sampling_interval == 1.0
+    monitor._started -= runs.SystemMetrics.FIRST_MINUTE_S
+    assert monitor.sampling_interval == 10.0
+    monitor._interval = 0.2  # a shorter interval than the first minute's is kept
+    assert monitor.sampling_interval == 0.2
