@@ -185,6 +185,31 @@ def best_line(summaries: list[RunSummary], label: dict[str, str]) -> str:
             f"({word} best-epoch {monitor}, the value src.train returns to sweepers); run id {s.run_id}")
 
 
+def sweep_progress(client: MlflowClient, targets: list[str]) -> list[str]:
+    """For each target that is a sweep's parent with a manifest (src/manifest.py): how far its points got, and the
+    command that continues it when some are not FINISHED."""
+    from .manifest import Manifest
+
+    lines = []
+    for target in targets:
+        if not RUN_ID.fullmatch(target):
+            continue
+        try:
+            parent = client.get_run(target)
+        except MlflowException:
+            continue
+        folder = parent.data.tags.get(names.SWEEP_DIR)
+        manifest = Manifest(Path(folder)) if folder else None
+        if manifest is None or not manifest.points:
+            continue
+        children = store.search_runs(client, [parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{target}'")
+        progress = manifest.progress(children)
+        lines.append(f"Sweep {folder}: {progress.line()} ({progress.total} points).")
+        if progress.finished < progress.total:
+            lines.append(f"Continue it (FINISHED points are skipped):\n  {manifest.data.get('resume')}")
+    return lines
+
+
 def table(summaries: list[RunSummary]) -> tuple[list[str], list[list[str]]]:
     keys = differing_params(summaries)
     header = ["run", *keys, "status", "epochs", "best val_loss (ep)", "final val_loss",
@@ -286,6 +311,8 @@ def _compare(args, uri: str) -> int:
     label = dict(zip((s.run_id for s in summaries), labels(summaries, keys)))
     best = best_line(summaries, label)
     print(f"\n{best}")
+    for line in sweep_progress(client, args.targets):
+        print(line)
 
     out = args.out or PROJECT_ROOT / "outputs" / "compare" / _slug(args.targets)
     out.mkdir(parents=True, exist_ok=True)

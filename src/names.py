@@ -26,6 +26,8 @@ SLURM_RESTART_COUNT = "slurm.restart_count"
 # Sweeps (src/sweep.py): on the children, and on the parent
 SWEEP_DIR, SWEEP_OVERRIDES, SWEEP_JOB_NUM, SWEEP_CHILDREN = "sweep.dir", "sweep.overrides", "sweep.job_num", "sweep.children"
 BEST_RUN_ID, BEST_RUN_NAME = "best_run_id", "best_run_name"
+SWEEP_POINT = "sweep.point"  # a hash of the point's resolved config (src/manifest.py): what a resumed sweep skips
+SWEEP_RETRY_OF = "sweep.retry_of"  # on a point's new child: the run it retries (left FAILED)
 
 # Metrics: each epoch's Keras logs (loss, accuracy, val_loss, val_accuracy) and the time it took; test_* at the end
 EPOCH_TIME = "epoch_time_s"

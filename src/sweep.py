@@ -16,6 +16,7 @@ Works the same with the basic launcher and with hydra/launcher=slurm (hydra-subm
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import signal
@@ -25,6 +26,7 @@ import threading
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
+from mlflow.entities import RunTag
 from omegaconf import DictConfig
 
 from . import liveness, names, store
@@ -49,6 +51,24 @@ def parent(sweep_dir: Path | None, overrides: list[str], job_num: int | None) ->
     record = json.loads(path.read_text())
     # Exact override strings (values may hold spaces, commas, '='), for the summary's table.
     return record["run_id"], {names.SWEEP_OVERRIDES: json.dumps(list(overrides)), names.SWEEP_JOB_NUM: str(job_num)}
+
+
+def retried(parent_run_id: str, point: str) -> str | None:
+    """The latest earlier child of this point that did not finish (a rerun of the point retries it), else None."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    earlier = store.search_runs(client, [experiment_id], f"tags.{names.PARENT_RUN} = '{parent_run_id}' and "
+                                                         f"tags.{names.SWEEP_POINT} = '{point}'")
+    unfinished = [r for r in earlier if r.info.status != "FINISHED"]
+    return unfinished[-1].info.run_id if unfinished else None
+
+
+def manifest_resume(command: list[str] | None, sweep_dir: Path) -> str:
+    from .manifest import resume_command
+
+    return resume_command(command or [], sweep_dir)
 
 
 def swept_keys(overrides: list[str]) -> list[str]:
@@ -103,15 +123,15 @@ class MLflowSweep(Callback):
         uri = store.tracking_uri(config.tracking.tracking_uri)
         experiment_id = store.connect(uri, experiment_name(config))
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        self._uri = uri
+        self._command = list(config.hydra.overrides.task)
         record = self.sweep_dir / PARENT_FILE
         try:
             # "x": exclusive creation, so two sweeps can never share a folder (nor a parent run)
             handle = open(record, "x")
         except FileExistsError:
-            raise store.TrackingError(
-                f"the sweep folder {self.sweep_dir} already belongs to another sweep ({record} exists).\n"
-                "Fix: leave hydra.sweep.dir at its default, or give this sweep a new folder."
-            ) from None
+            self._reopen(record, uri)  # the same command again in its folder: the same sweep, resumed
+            handle = None
         tags = {
             names.SWEEP_DIR: str(self.sweep_dir),
             names.SWEEP_OVERRIDES: json.dumps(list(config.hydra.overrides.task)),
@@ -120,22 +140,56 @@ class MLflowSweep(Callback):
             # With slurm.job_id when the driver itself is a job (slurm/sweep.sbatch).
             **liveness.owner_tags(),
         }
-        with handle:
-            try:
-                run = MlflowClient(uri).create_run(experiment_id, tags=tags, run_name=f"sweep {self.sweep_dir.name}")
-            except Exception:
-                record.unlink()  # no half-made record for the jobs to trip over
-                raise
-            self.parent_run_id = run.info.run_id
+        if handle is None:
+            # this driver owns it now (a concurrent reconcile sees a live owner), then it is RUNNING again
+            MlflowClient(uri).log_batch(self.parent_run_id, tags=[RunTag(k, v) for k, v in tags.items()
+                                                                   if k != names.SWEEP_OVERRIDES])
+            MlflowClient(uri).update_run(self.parent_run_id, status="RUNNING")
             self._heartbeat = liveness.Heartbeat(MlflowClient(uri), self.parent_run_id).start()
-            json.dump({"run_id": self.parent_run_id, "experiment_id": experiment_id, "tracking_uri": uri,
-                       "swept": swept_keys(list(config.hydra.overrides.task))}, handle)
-        log.info("MLflow parent run %s for the sweep in %s", self.parent_run_id, self.sweep_dir)
-        self._uri = uri
+        else:
+            with handle:
+                try:
+                    run = MlflowClient(uri).create_run(experiment_id, tags=tags,
+                                                       run_name=f"sweep {self.sweep_dir.name}")
+                except Exception:
+                    record.unlink()  # no half-made record for the jobs to trip over
+                    raise
+                self.parent_run_id = run.info.run_id
+                self._heartbeat = liveness.Heartbeat(MlflowClient(uri), self.parent_run_id).start()
+                json.dump({"run_id": self.parent_run_id, "experiment_id": experiment_id, "tracking_uri": uri,
+                           "swept": swept_keys(list(config.hydra.overrides.task))}, handle)
+            log.info("MLflow parent run %s for the sweep in %s", self.parent_run_id, self.sweep_dir)
         atexit.register(self._end_unfinished)
         if threading.current_thread() is threading.main_thread():
             # scancel of the driver: exit through atexit, so the parent gets its summary and ends
             signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+    def _reopen(self, record: Path, uri: str) -> None:
+        """The sweep folder's own parent run, RUNNING again, when this is the same command; else refuse."""
+        from mlflow.tracking import MlflowClient
+
+        from . import store
+
+        parent = json.loads(record.read_text())
+        client = MlflowClient(uri)
+        try:
+            run = client.get_run(parent["run_id"])
+        except Exception:
+            run = None
+        before = json.loads(run.data.tags.get(names.SWEEP_OVERRIDES, "null")) if run is not None else None
+        if run is None or parent.get("tracking_uri") != uri or before != self._command:
+            started = (f"its command: {manifest_resume(before, self.sweep_dir)}" if before is not None
+                       else f"its MLflow parent run {parent.get('run_id')} is not in {uri}")
+            raise store.TrackingError(
+                f"the sweep folder {self.sweep_dir} belongs to another sweep ({record}): {started}.\n"
+                "Fix: run that command to continue that sweep, or give this sweep a new folder "
+                "(leave hydra.sweep.dir at its default)."
+            )
+        self.parent_run_id = run.info.run_id
+        with contextlib.suppress(Exception):
+            client.delete_tag(self.parent_run_id, names.FAILURE_REASON)
+        log.info("Resuming the sweep in %s: its MLflow parent run %s is RUNNING again", self.sweep_dir,
+                 self.parent_run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if self.parent_run_id:
@@ -149,6 +203,8 @@ class MLflowSweep(Callback):
         if self.parent_run_id and not self._ended:
             log.error("The sweep did not complete: summarising what ran")
             self._finish("FAILED", reason="the sweep did not complete: a job failed or the driver was stopped")
+            log.error("Continue it (points already FINISHED are skipped, failed ones rerun) with:\n  %s",
+                      manifest_resume(self._command, self.sweep_dir))
 
     def _finish(self, status: str, reason: str | None = None) -> None:
         from mlflow.tracking import MlflowClient
@@ -161,7 +217,15 @@ class MLflowSweep(Callback):
         if status != "FINISHED":
             _end_dead(client, children)
             children = _children(client, self.parent_run_id)
+        from .manifest import Manifest
+
+        manifest = Manifest(self.sweep_dir)
+        progress = manifest.progress(children) if manifest.points else None
+        if status == "FINISHED" and progress is not None and progress.finished < progress.total:
+            status, reason = "FAILED", f"the sweep did not complete: {progress.line()}"
         text, best = summary(children, self.monitor)
+        if progress is not None:
+            text += f"\nPoints: {progress.line()}.\n"
         client.log_text(self.parent_run_id, text, SUMMARY_FILE)
         (self.sweep_dir / SUMMARY_FILE).write_text(text)
         tags = {names.SWEEP_CHILDREN: str(len(children))}

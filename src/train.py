@@ -91,8 +91,8 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
     keras = backend.import_keras(chosen)
     import mlflow
 
-    from . import (batches, data, hardware, inputs, models, names, outbox, preflight, provenance, redaction, resume,
-                   runs, search, store, sweep)
+    from . import (batches, data, hardware, inputs, manifest, models, names, outbox, preflight, provenance,
+                   redaction, resume, runs, search, store, sweep)
 
     models.check(cfg.model, cfg.optimizer)
     preflight.check_folder(workdir, "output folder", preflight.OUTPUT_FIX)
@@ -109,12 +109,17 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
     log.info("Training loop: %s (%s)", resolved.loop.value, resolved.why)
 
     parent_run_id, sweep_tags = sweep.parent(job.sweep_dir, job.overrides, job.num)
+    if parent_run_id:  # the point's identity, by which a resumed sweep knows it is done (src/manifest.py)
+        sweep_tags[names.SWEEP_POINT] = manifest.point_hash(cfg)
     # Checkpoint of the last finished epoch, in a folder a requeued SLURM job finds again.
     backup = resume.for_run(cfg, chosen.value, ds.sha256, workdir, job.num)
     job.backup_dir = backup.folder
     # Said now, not at the end: after a kill -9 nothing else tells which folder holds what to resume.
     log.info("Output folder: %s\n  checkpoint of the last finished epoch: %s\n  if this run dies, resume it with: %s",
              workdir.resolve(), backup.folder, resume_command(job))
+    if parent_run_id and backup.run_id is None:  # a new child: a rerun point without a checkpoint links its old run
+        if retried := sweep.retried(parent_run_id, sweep_tags[names.SWEEP_POINT]):
+            sweep_tags[names.SWEEP_RETRY_OF] = retried
     run_tags = {**provenance.tags(job.choices, job.overrides, chosen.value), **sweep_tags, names.DEVICE: device,
                 names.LOOP_RESOLVED: resolved.loop.value, names.OUTPUT_DIR: str(workdir.resolve()),
                 names.BACKUP_DIR: str(backup.folder)}

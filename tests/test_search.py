@@ -111,7 +111,6 @@ def test_a_pruned_study_stops_stalled_trials_at_the_end_of_an_epoch(data_dir, st
     assert f"Epochs run: {ran} of {6 * EPOCHS}" in text
 
 
-@pytest.mark.xfail(strict=True, reason="needs the sweep-resume branch (a rerun reopens the sweep's MLflow parent)")
 def test_a_killed_study_resumes_to_n_trials_in_its_sweep_folder(data_dir, store, experiment, tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = sweep_args(data_dir, store, experiment, sweep_dir, *cli_runs.SLOW)
@@ -136,8 +135,10 @@ def test_a_killed_study_resumes_to_n_trials_in_its_sweep_folder(data_dir, store,
     mlflow.set_tracking_uri(store)
     parent, children = runs_of(experiment)  # the rerun continued the one parent
     assert parent.info.status == "FINISHED"
-    assert sorted(int(c.data.tags["optuna.trial"]) for c in children) == list(range(7))
+    # the killed trial's run exists only if its job got that far before the kill; it never FINISHED
+    assert sorted(int(c.data.tags["optuna.trial"]) for c in children) in (list(range(7)), [0, 1, 3, 4, 5, 6])
     assert {c.info.status for c in children if c.data.tags["optuna.trial"] != "2"} == {"FINISHED"}
+    assert all(c.info.status == "FAILED" for c in children if c.data.tags["optuna.trial"] == "2")
 
 
 # -- refusals: before any job starts, nothing recorded -----------------------------------------------------------

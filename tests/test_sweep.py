@@ -50,7 +50,7 @@ def test_multirun_has_one_parent_with_a_summary(data_dir, store, experiment, tmp
     assert len(lines) == 3  # header and one row per child
     best = min(children, key=lambda c: c.data.metrics["val_loss"])
     assert parent.data.tags["best_run_id"] == best.info.run_id
-    assert f"val_loss = {best.data.metrics['val_loss']:.4f}" in text
+    assert f"best_val_loss = {best.data.metrics['best_val_loss']:.4f}" in text
     assert "Sweep summary" in result.stdout + result.stderr  # also in the driver's log
 
 
@@ -68,7 +68,8 @@ def test_failed_sweep_still_ends_its_parent_and_refuses_a_second_sweep_in_its_fo
 
     again = run_cli([*args, "optimizer.learning_rate=0.02,0.03"])
     assert again.returncode != 0
-    assert "already belongs to another sweep" in again.stdout + again.stderr
+    assert "belongs to another sweep" in again.stdout + again.stderr
+    assert "optimizer.learning_rate=0.01,-1" in again.stdout + again.stderr  # the command that continues it
     assert len(mlflow.search_runs(experiment_names=[experiment], output_format="list")) == 2  # nothing new
 
 

@@ -1,0 +1,182 @@
+"""A sweep that resumes: its manifest, and the launcher that runs only the points not yet FINISHED.
+
+Rerunning a sweep's command with `hydra.sweep.dir=<its folder>` continues that sweep (src/sweep.py reopens its
+MLflow parent run). Before any job starts, `ResumingLauncher` (around Hydra's own launcher: basic, or
+hydra-submitit-launcher's SLURM array) composes every point, hashes its resolved config, and records the points in
+`<sweep dir>/sweep_manifest.json`. A point is identified by that hash, which each child run carries as a tag
+(names.SWEEP_POINT), never by its job number:
+
+- a point with a FINISHED child is skipped;
+- a point whose last child FAILED or was KILLED (or died: reconciled by src/liveness.py first) and left a checkpoint
+  (its `backup_dir` tag, with a state.json there) runs again with `trainer.backup_dir=<that folder>`: the same child
+  run continues from its last finished epoch;
+- any other point runs as a new child run, tagged with the run it retries (names.SWEEP_RETRY_OF);
+- job numbers continue after the highest job folder of the sweep, so no job folder is ever overwritten.
+
+`python -m src.compare <parent>` reads the manifest and the store: "N of M finished, K failed, L missing", and the
+command that resumes the sweep. Imports MLflow and Hydra, never Keras.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from . import names
+
+log = logging.getLogger(__name__)
+
+FILE = "sweep_manifest.json"
+# What does not change what a point trains: where it is recorded, its checkpoint folder, how much it prints.
+NOT_IN_HASH = ("tracking", "trainer.backup_dir", "trainer.verbose")
+BACKUP_OVERRIDE = "trainer.backup_dir"
+
+
+def point_hash(cfg) -> str:
+    """A point's identity: a hash of its resolved config without Hydra's node and NOT_IN_HASH."""
+    resolved = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+    resolved.pop("hydra", None)
+    resolved = OmegaConf.to_container(OmegaConf.create(resolved), resolve=True)
+    for key in NOT_IN_HASH:
+        node, *path = key.split(".")
+        if not path:
+            resolved.pop(node, None)
+        elif isinstance(resolved.get(node), dict):
+            resolved[node].pop(path[0], None)
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def resume_command(overrides: list[str], sweep_dir: Path) -> str:
+    """The command that continues the sweep in `sweep_dir`: its own overrides, in its folder."""
+    kept = [o for o in overrides if not o.startswith("hydra.sweep.dir=")]
+    return shlex.join([sys.executable, "-m", "src.train", "-m", *kept, f"hydra.sweep.dir={sweep_dir}"])
+
+
+@dataclass
+class Progress:
+    total: int
+    finished: int
+    failed: int  # FAILED or KILLED: their last child did not finish
+    running: int
+    missing: int  # no child run yet
+
+    def line(self) -> str:
+        running = f", {self.running} running" if self.running else ""
+        return (f"{self.finished} of {self.total} finished, {self.failed} failed, {self.missing} missing{running}")
+
+
+class Manifest:
+    """<sweep dir>/sweep_manifest.json: the command, and every point (hash -> its overrides, in the order asked)."""
+
+    def __init__(self, sweep_dir: Path):
+        self.path = Path(sweep_dir) / FILE
+        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"points": {}}
+
+    @property
+    def points(self) -> dict[str, dict]:
+        return self.data["points"]
+
+    def add(self, point: str, overrides: list[str]) -> None:
+        self.points.setdefault(point, {"index": len(self.points), "overrides": list(overrides)})
+
+    def save(self, command: list[str]) -> None:
+        self.data["command"] = list(command)
+        self.data["resume"] = resume_command(command, self.path.parent)
+        tmp = self.path.with_name(f".{FILE}.tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        tmp.replace(self.path)  # never a half-written manifest
+
+    def progress(self, children: list) -> Progress:
+        """Each point's state from its children's runs (the last one decides; FINISHED anywhere wins)."""
+        states = {point: "missing" for point in self.points}
+        for run in sorted(children, key=lambda r: r.info.start_time or 0):
+            point = run.data.tags.get(names.SWEEP_POINT)
+            if point in states and states[point] != "FINISHED":
+                states[point] = run.info.status
+        values = list(states.values())
+        return Progress(
+            total=len(values), finished=values.count("FINISHED"), running=values.count("RUNNING"),
+            failed=sum(v in ("FAILED", "KILLED") for v in values), missing=values.count("missing"),
+        )
+
+
+def next_job_num(sweep_dir: Path) -> int:
+    """One past the highest job number among the sweep's job folders (`<num>_<id>`)."""
+    nums = [int(m.group(1)) for p in Path(sweep_dir).glob("*_*") if p.is_dir() and (m := re.match(r"(\d+)_", p.name))]
+    return max(nums, default=-1) + 1
+
+
+def by_point(children: list) -> dict[str, list]:
+    """The sweep's children per point hash, oldest first."""
+    found: dict[str, list] = {}
+    for run in sorted(children, key=lambda r: r.info.start_time or 0):
+        if point := run.data.tags.get(names.SWEEP_POINT):
+            found.setdefault(point, []).append(run)
+    return found
+
+
+def plan(runs: list) -> tuple[str, str | None]:
+    """What to do with a point given its children: ("skip", None), ("resume", backup folder) or ("new", None)."""
+    if any(r.info.status == "FINISHED" for r in runs):
+        return "skip", None
+    for run in reversed(runs):
+        folder = run.data.tags.get(names.BACKUP_DIR)
+        if run.info.status != "RUNNING" and folder and (Path(folder) / "state.json").is_file():
+            return "resume", folder
+    return "new", None
+
+
+class ResumingLauncher:
+    """Hydra's configured launcher, given only the points the sweep still needs (see the module docstring)."""
+
+    def __init__(self, inner, sweeper):
+        self.inner, self.sweeper = inner, sweeper
+
+    def __getattr__(self, name):  # everything else is the inner launcher's
+        return getattr(self.inner, name)
+
+    def launch(self, job_overrides, initial_job_idx: int):
+        from mlflow.tracking import MlflowClient
+
+        from . import liveness, store, sweep
+
+        config = self.sweeper.config
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        record = sweep_dir / sweep.PARENT_FILE
+        if not record.is_file():  # the MLflow sweep callback is off: a plain Hydra sweep
+            return self.inner.launch(job_overrides, initial_job_idx)
+        parent = json.loads(record.read_text())
+        client = MlflowClient(parent["tracking_uri"])
+        liveness.reconcile(client, [parent["experiment_id"]])  # children of a killed driver count as FAILED
+        children = by_point(store.search_runs(client, [parent["experiment_id"]],
+                                              f"tags.{names.PARENT_RUN} = '{parent['run_id']}'"))
+        manifest = Manifest(sweep_dir)
+        todo, skipped, resumed = [], 0, 0
+        for overrides in job_overrides:
+            cfg = self.sweeper.hydra_context.config_loader.load_sweep_config(config, list(overrides))
+            point = point_hash(cfg)
+            manifest.add(point, overrides)
+            action, folder = plan(children.get(point, []))
+            if action == "skip":
+                skipped += 1
+                continue
+            overrides = [o for o in overrides if not o.startswith(f"{BACKUP_OVERRIDE}=")]
+            if action == "resume":
+                resumed += 1
+                overrides.append(f"{BACKUP_OVERRIDE}={folder}")
+            todo.append(overrides)
+        manifest.save(list(config.hydra.overrides.task))
+        if skipped or resumed:
+            log.info("Resuming the sweep in %s: %d point(s) already FINISHED (skipped), %d to run (%d from their "
+                     "checkpoints)", sweep_dir, skipped, len(todo), resumed)
+        if not todo:
+            return []
+        return self.inner.launch(todo, max(initial_job_idx, next_job_num(sweep_dir)))

@@ -1,0 +1,129 @@
+"""A sweep resumes (src/manifest.py, src/sweep.py): the same command with the same hydra.sweep.dir runs only the
+points not yet FINISHED, under the same MLflow parent run, in new job folders, and records no point twice."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+
+import pytest
+from cli_runs import run, start
+from conftest import base_overrides
+from mlflow.tracking import MlflowClient
+
+from src import compare, manifest, names
+
+
+@pytest.fixture
+def experiment(store, request) -> str:
+    return "test-" + request.node.name.replace("[", "-").replace("]", "")
+
+
+def runs_of(client: MlflowClient, experiment: str):
+    """(the parent, its children) of the experiment's one sweep."""
+    found = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    [parent] = [r for r in found if names.PARENT_RUN not in r.data.tags]
+    return parent, [r for r in found if r.data.tags.get(names.PARENT_RUN) == parent.info.run_id]
+
+
+def job_folders(sweep_dir) -> set[str]:
+    return {p.name for p in sweep_dir.iterdir() if p.is_dir() and p.name[0].isdigit()}
+
+
+def finished_once_each(children, points: int) -> None:
+    finished = [c.data.tags[names.SWEEP_POINT] for c in children if c.info.status == "FINISHED"]
+    assert len(finished) == len(set(finished)) == points  # every point FINISHED, none twice
+
+
+def test_a_sweep_whose_driver_was_killed_runs_only_its_missing_points(data_dir, store, experiment, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    command = ["-m", *base_overrides(data_dir, store, experiment), "backend=jax", "tracking.log_model=false",
+               f"hydra.sweep.dir={sweep_dir}", "optimizer.learning_rate=0.02,0.01,0.005,0.001"]
+    client = MlflowClient(store)
+    driver = start(command, tmp_path)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and driver.poll() is None:
+            experiment_id = getattr(client.get_experiment_by_name(experiment), "experiment_id", None)
+            done = client.search_runs([experiment_id], "attributes.status = 'FINISHED'") if experiment_id else []
+            if len(done) >= 2:
+                break
+            time.sleep(0.05)
+        driver.send_signal(signal.SIGKILL)
+        driver.communicate(timeout=60)
+    finally:
+        driver.kill()
+    parent, children = runs_of(client, experiment)
+    before = sum(c.info.status == "FINISHED" for c in children)
+    assert 2 <= before < 4 and parent.info.status == "RUNNING"  # the killed driver ended nothing
+    folders_before = job_folders(sweep_dir)
+
+    again = run(["python", "-m", "src.train", *command], tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert f"{before} point(s) already FINISHED (skipped), {4 - before} to run" in again.stdout
+    parent, children = runs_of(client, experiment)
+    assert parent.info.status == "FINISHED" and "is RUNNING again" in again.stdout  # the same parent, reopened
+    finished_once_each(children, 4)
+    new_folders = job_folders(sweep_dir) - folders_before
+    assert len(new_folders) == 4 - before  # only the missing points ran, each in a folder of its own
+    assert min(int(name.split("_")[0]) for name in new_folders) >= len(folders_before)  # none overwritten
+    assert "Points: 4 of 4 finished" in (sweep_dir / "sweep_summary.md").read_text()
+
+
+def test_only_the_point_that_raised_runs_again(data_dir, store, experiment, tmp_path):
+    """One point's data folder lacks its file: it fails, the sweep ends FAILED, compare says what is missing and how
+    to continue; with the file in place, the printed command runs that point alone."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    sweep_dir = tmp_path / "sweep"
+    command = ["-m", *base_overrides(data_dir, store, experiment)[1:], "backend=jax", "tracking.log_model=false",
+               f"hydra.sweep.dir={sweep_dir}", f"data_dir={data_dir},{empty}"]
+    first = run(["python", "-m", "src.train", *command], tmp_path)
+    assert first.returncode != 0
+    client = MlflowClient(store)
+    parent, children = runs_of(client, experiment)
+    assert parent.info.status == "FAILED" and [c.info.status for c in children] == ["FINISHED"]
+    printed = first.stdout.split("Continue it (points already FINISHED are skipped, failed ones rerun) with:\n")[1]
+    resume = printed.splitlines()[0].strip()
+    assert resume == manifest.resume_command(command[1:], sweep_dir)  # this interpreter, the same overrides and folder
+
+    compared = run(["python", "-m", "src.compare", parent.info.run_id, "--tracking-uri", store, "--no-log",
+                    "--out", str(tmp_path / "cmp")], tmp_path)
+    assert f"Sweep {sweep_dir}: 1 of 2 finished, 0 failed, 1 missing (2 points)." in compared.stdout
+    assert resume in compared.stdout
+
+    shutil.copy(data_dir / "mnist.npz", empty / "mnist.npz")
+    again = run(["bash", "-c", resume], tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert "1 point(s) already FINISHED (skipped), 1 to run" in again.stdout
+    parent, children = runs_of(client, experiment)
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    finished_once_each(children, 2)
+
+
+def test_a_point_hash_ignores_where_things_go_and_names_what_is_trained():
+    from conftest import compose
+
+    base = manifest.point_hash(compose([]))
+    assert manifest.point_hash(compose(["tracking.tracking_uri=sqlite:////elsewhere.db", "trainer.verbose=0",
+                                        "trainer.backup_dir=/tmp/x"])) == base
+    assert manifest.point_hash(compose(["optimizer.learning_rate=0.5"])) != base
+    assert manifest.point_hash(compose(["seed=1"])) != base
+
+
+def test_plan_skips_finished_points_resumes_checkpoints_and_otherwise_starts_anew(tmp_path):
+    from types import SimpleNamespace as NS
+
+    def child(status, folder=None, start=0):
+        tags = {names.BACKUP_DIR: str(folder)} if folder else {}
+        return NS(info=NS(status=status, start_time=start), data=NS(tags=tags))
+
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "state.json").write_text("{}")
+    assert manifest.plan([child("FAILED"), child("FINISHED")]) == ("skip", None)
+    assert manifest.plan([child("KILLED", backup)]) == ("resume", str(backup))
+    assert manifest.plan([child("FAILED", tmp_path / "gone")]) == ("new", None)
+    assert manifest.plan([]) == ("new", None)
