@@ -198,6 +198,47 @@ def test_requeued_job_resumes_into_the_same_run_without_gaps_or_duplicates(how, 
     assert "Resuming from" in log and "(restart 1)" in log
 
 
+def test_a_sweep_with_a_cancelled_array_task_resumes_only_that_task_from_its_checkpoint(
+    data_dir, store, experiment, tmp_path
+):
+    """scancel of one task of the sweep's job array: the rerun command submits that point alone, which continues its
+    own MLflow run from its last finished epoch; the finished point is not submitted again."""
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", *LAUNCHER, *base_overrides(data_dir, store, experiment), *SLOW, "trainer.verbose=0",
+            "tracking.log_model=false", f"hydra.sweep.dir={sweep_dir}", "trainer.epochs=1,12"]
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "src.train", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        def long_child():
+            found = [r for r in runs(experiment) if r.data.params.get("trainer.epochs") == "12"]
+            return found if found and steps(found[0].info.run_id) else None
+
+        [child] = wait_for(long_child, 240, "the 12-epoch point's first epoch")
+        subprocess.run(["scancel", f"{child.data.tags['slurm.array_job_id']}_{child.data.tags['slurm.array_task_id']}"],
+                       check=True)
+        output, _ = driver.communicate(timeout=240)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            subprocess.run(["scancel", "--name=le5"])
+    assert driver.returncode != 0, output[-3000:]
+    cancelled = {r.info.run_id: r for r in runs(experiment)}[child.info.run_id]
+    assert cancelled.info.status in ("KILLED", "FAILED")
+    done_before = len(steps(child.info.run_id))
+    assert done_before < 12
+
+    again = run_cli(args, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "1 point(s) already FINISHED (skipped), 1 to run (1 from their checkpoints)" in again.stdout + again.stderr
+    found = runs(experiment)
+    parent = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in found if "mlflow.parentRunId" in r.data.tags]
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)  # the same run continued
+    assert steps(child.info.run_id) == list(range(1, 13))  # every epoch once: the first ones were not redone
+
+
 def kill_9_python(job_id: str) -> None:
     """kill -9 of the job's Python process (not its srun), as a segfault or the OOM killer would."""
     listed = subprocess.run(["scontrol", "listpids", job_id], capture_output=True, text=True, check=True).stdout
