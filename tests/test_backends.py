@@ -79,7 +79,8 @@ def test_a_model_saved_on_jax_loads_in_this_process(data_dir, store, experiment,
     assert model.predict(x, verbose=0).shape == (2, 10)
 
 
-@pytest.mark.parametrize("module", ["src.compare", "src.outbox", "src.config", "src.data", "src.store", "src.runs"])
+@pytest.mark.parametrize("module", ["src.compare", "src.outbox", "src.config", "src.data", "src.store", "src.runs",
+                                    "src.manifest", "src.names", "src.sweep"])
 def test_modules_that_do_not_train_import_no_keras(module):
     code = (f"import sys, {module}; "
             "print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))")
