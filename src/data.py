@@ -194,16 +194,20 @@ def digest(path: Path) -> str:
 
 
 def verify(cfg, path: Path) -> str:
-    """The file's sha256, refusing a file that is not the dataset's known one (when the YAML names one)."""
+    """The file's sha256, refusing a file that is empty or cut short, or not the dataset's known one (when the YAML
+    names one)."""
     found = digest(path)
-    if cfg.sha256 and found != cfg.sha256:
-        damage = _damage(cfg, path)
-        if damage:  # an interrupted copy or download, not another file: say so, not "dataset.sha256=null"
-            raise DataError(
-                f"{path} is {damage}: an interrupted download or copy.\n"
-                f"Fix: delete it and fetch it again (python -m src.data download --dataset {cfg.name} "
-                f"--data-dir {path.parent}), or copy it again from a complete copy."
-            )
+    if found == cfg.sha256:
+        return found
+    # with or without a known sha256 (dataset.sha256=null too): an empty or cut file is no dataset
+    damage = _damage(cfg, path)
+    if damage:  # an interrupted copy or download, not another file: say so, not "dataset.sha256=null"
+        raise DataError(
+            f"{path} is {damage}: an interrupted download or copy.\n"
+            f"Fix: delete it and fetch it again: python -m src.data download --dataset {cfg.name} "
+            f"--data-dir {path.parent} (or copy it again from a complete copy)."
+        )
+    if cfg.sha256:
         raise DataError(
             f"{path} is not the {cfg.name} file this dataset expects: its sha256 is {found[:16]}..., "
             f"the known one {cfg.sha256[:16]}....\n"
@@ -221,7 +225,7 @@ def _damage(cfg, path: Path) -> str | None:
         return "empty (0 bytes)"
     # a zip's directory is at its end: a file cut short has none
     if cfg.format == "npz" and not zipfile.is_zipfile(path):
-        return f"truncated or corrupt ({size} bytes, not a complete .npz archive)"
+        return f"corrupt or truncated ({size} bytes, not a complete .npz archive)"  # read_npz's words
     return None
 
 
@@ -411,13 +415,13 @@ def _cli(argv: list[str] | None = None) -> int:
         if not path.is_file():
             print(f"{name}: missing ({path})")
             status = 1
-        elif not cfg.sha256:
-            print(f"{name}: present ({path}; no known sha256 to check against)")
-        elif sha256(path) == cfg.sha256:
+        elif cfg.sha256 and sha256(path) == cfg.sha256:
             print(f"{name}: ok ({path}, sha256 matches)")
         elif damage := _damage(cfg, path):
             print(f"{name}: {path} is {damage}: delete it and download or copy it again")
             status = 1
+        elif not cfg.sha256:
+            print(f"{name}: present ({path}; no known sha256 to check against)")
         else:
             print(f"{name}: {path} differs from the known file (sha256 mismatch): delete it and download again")
             status = 1

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -150,7 +153,7 @@ def test_digest_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
     assert data.digest(path) == "recomputed" and calls == [path]  # size/mtime changed
 
 
-@pytest.mark.parametrize("cut, named", [(0, "is empty (0 bytes)"), (5000, "is truncated or corrupt")])
+@pytest.mark.parametrize("cut, named", [(0, "is empty (0 bytes)"), (5000, "is corrupt or truncated")])
 def test_an_empty_or_cut_file_under_a_known_name_is_named_so_not_as_another_file(data_dir, tmp_path, capsys, cut, named):
     """A 0-byte or half-copied mnist.npz is an interrupted copy: the fix is to copy it again, not dataset.sha256=null."""
     (tmp_path / "mnist.npz").write_bytes((data_dir / "mnist.npz").read_bytes()[:cut])
@@ -163,10 +166,26 @@ def test_an_empty_or_cut_file_under_a_known_name_is_named_so_not_as_another_file
     assert named in capsys.readouterr().out
 
 
+def test_an_empty_file_is_named_so_without_a_known_sha256_too(tmp_path):
+    """With dataset.sha256=null an empty mnist.npz was "corrupt or truncated (BadZipFile: File is not a zip file)"."""
+    (tmp_path / "mnist.npz").write_bytes(b"")
+    cfg = compose(["dataset.validation_size=100", "dataset.sha256=null"]).dataset
+    with pytest.raises(data.DataError, match=re.escape(f"{tmp_path / 'mnist.npz'} is empty (0 bytes)")) as err:
+        data.load(cfg, tmp_path)
+    assert "python -m src.data download --dataset mnist" in str(err.value)
+
+
 def test_the_real_data_tier_reads_the_offline_data_folder_when_no_other_is_named(tmp_path):
     """README's offline setup exports LE5_DATA_DIR only: the real-data tests must use it, not skip."""
-    from conftest import real_data_dir
+    from conftest import ROOT, real_data_dir
 
+    # the suite as README's setup runs it: its own conftest, imported with only LE5_DATA_DIR set
+    env = {k: v for k, v in os.environ.items() if k not in ("LE5_REAL_DATA_DIR", "LE5_DATA_DIR")}
+    printed = subprocess.run(
+        [sys.executable, "-c", "import conftest; print(conftest.REAL_DATA)"], cwd=ROOT / "tests",
+        env={**env, "LE5_DATA_DIR": str(tmp_path)}, capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    assert printed.strip() == str(tmp_path)
     assert real_data_dir({"LE5_DATA_DIR": str(tmp_path)}) == tmp_path
     assert real_data_dir({"LE5_DATA_DIR": "/a", "LE5_REAL_DATA_DIR": str(tmp_path)}) == tmp_path
     assert real_data_dir({}).parts[-2:] == ("shared", "data")
