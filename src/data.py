@@ -200,10 +200,10 @@ def verify(cfg, path: Path) -> str:
     if found == cfg.sha256:
         return found
     # with or without a known sha256 (dataset.sha256=null too): an empty or cut file is no dataset
-    damage = _damage(cfg, path)
-    if damage:  # an interrupted copy or download, not another file: say so, not "dataset.sha256=null"
+    broken = damage(cfg, path)
+    if broken:  # an interrupted copy or download, not another file: say so, not "dataset.sha256=null"
         raise DataError(
-            f"{path} is {damage}: an interrupted download or copy.\n"
+            f"{path} is {broken}: an interrupted download or copy.\n"
             f"Fix: delete it and fetch it again: python -m src.data download --dataset {cfg.name} "
             f"--data-dir {path.parent} (or copy it again from a complete copy)."
         )
@@ -218,7 +218,7 @@ def verify(cfg, path: Path) -> str:
     return found
 
 
-def _damage(cfg, path: Path) -> str | None:
+def damage(cfg, path: Path) -> str | None:
     """How the file is visibly damaged (empty, or an npz cut short), else None."""
     size = path.stat().st_size
     if size == 0:
@@ -417,8 +417,8 @@ def _cli(argv: list[str] | None = None) -> int:
             status = 1
         elif cfg.sha256 and sha256(path) == cfg.sha256:
             print(f"{name}: ok ({path}, sha256 matches)")
-        elif damage := _damage(cfg, path):
-            print(f"{name}: {path} is {damage}: delete it and download or copy it again")
+        elif broken := damage(cfg, path):
+            print(f"{name}: {path} is {broken}: delete it and download or copy it again")
             status = 1
         elif not cfg.sha256:
             print(f"{name}: present ({path}; no known sha256 to check against)")

@@ -154,6 +154,9 @@ def run(overrides: list[str]) -> int:
         if not path.is_file():
             fix = f"python -m src.data download --dataset {name} --data-dir {directory} (where there is internet)"
             say(False, f"data {name}: {path} missing. Fix: {fix}", blocks=chosen_data and not dataset.download)
+        elif broken := data.damage(dataset, path):  # an interrupted copy: never usable, sha256 or not
+            fix = f"delete it, then python -m src.data download --dataset {name} --data-dir {directory}"
+            say(False, f"data {name}: {path} is {broken}. Fix: {fix}", blocks=chosen_data)
         elif dataset.sha256 and data.digest(path) != dataset.sha256:
             say(False, f"data {name}: {path} is not the known file (sha256 differs). Fix: download it again",
                 blocks=chosen_data and cfg.dataset.sha256 is not None)

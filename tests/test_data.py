@@ -189,3 +189,20 @@ def test_the_real_data_tier_reads_the_offline_data_folder_when_no_other_is_named
     assert real_data_dir({"LE5_DATA_DIR": str(tmp_path)}) == tmp_path
     assert real_data_dir({"LE5_DATA_DIR": "/a", "LE5_REAL_DATA_DIR": str(tmp_path)}) == tmp_path
     assert real_data_dir({}).parts[-2:] == ("shared", "data")
+
+
+def test_doctor_names_an_empty_or_cut_data_file_and_blocks_on_it(data_dir, tmp_path, capsys):
+    """doctor said "not the known file (sha256 differs). Fix: download it again" for both."""
+    from src import doctor
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "mnist.npz").write_bytes((data_dir / "mnist.npz").read_bytes()[:5000])
+    (folder / "imdb.npz").write_bytes(b"")
+    code = doctor.run([f"data_dir={folder}", f"tracking.tracking_uri=sqlite:///{tmp_path}/store/mlflow.db"])
+    lines = capsys.readouterr().out.splitlines()
+    fix = f"Fix: delete it, then python -m src.data download --dataset {{}} --data-dir {folder}"
+    assert f"✗ data mnist: {folder / 'mnist.npz'} is corrupt or truncated (5000 bytes" in "\n".join(lines)
+    assert f"✗ data imdb: {folder / 'imdb.npz'} is empty (0 bytes). {fix.format('imdb')}" in lines
+    assert not [line for line in lines if "sha256 differs" in line]
+    assert code == 1 and lines[-1].startswith("cannot run")  # the chosen dataset (mnist) cannot be read
