@@ -1,0 +1,93 @@
+"""hydra/launcher=fused (src/fused.py, src/vmapped.py): a sweep's points trained together, each its own run.
+
+The training tests run Keras on JAX in this process: run them with KERAS_BACKEND=jax (the CI's second pass);
+under another backend they are skipped, except the refusals, which need no Keras. Real Keras training on the
+synthetic files of conftest.py, real SQLite stores, real Hydra multiruns in subprocesses; no mocks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import BACKEND, compose
+
+jax_only = pytest.mark.skipif(BACKEND != "jax", reason="trains in this process on Keras's JAX backend: KERAS_BACKEND=jax")
+
+# Four points of one group: two learning rates x two seeds, Dropout on (each member draws its own masks).
+POINTS = [(1, 1e-3), (2, 1e-3), (1, 1e-2), (3, 3e-4)]
+
+
+def _builder(data_dir, *overrides):
+    """The data and a function building a compiled model for (seed, learning rate), as a lone run builds it."""
+    import keras
+
+    from src import data, models
+
+    cfg = compose([f"data_dir={data_dir}", "dataset.sha256=null", "dataset.validation_size=100", "model.rate=0.3",
+                   *overrides])
+    ds = data.load(cfg.dataset, data_dir)
+
+    def build(seed: int, learning_rate: float):
+        keras.utils.set_random_seed(seed)
+        model = models.build_model(cfg.model, ds.spec)
+        cfg.optimizer.learning_rate = learning_rate
+        model.compile(optimizer=models.build_optimizer(cfg.optimizer), loss=ds.spec.loss, metrics=["accuracy"])
+        return model
+
+    return ds, build
+
+
+@jax_only
+def test_a_fused_epoch_trains_each_member_as_its_lone_compiled_run(data_dir):
+    """Every member of a 4-point group (learning rate x seed, Dropout on) gets the per-epoch logs of the same point
+    trained alone by compiled.Epochs: its own order, initial weights, masks and learning rate, its own loss. Only the
+    reduction order of the batched matrix products under vmap may differ."""
+    import jax
+
+    from src import compiled, vmapped
+
+    ds, build = _builder(data_dir)
+    epochs = 3
+    lone = [compiled.Epochs(build(seed, lr), ds, 64, seed, budget_bytes=10**9).fit(epochs, verbose=0)
+            for seed, lr in POINTS]
+
+    members = [build(seed, lr) for seed, lr in POINTS]
+    program = vmapped.Program(members[0], ds, 64)
+    for m in members:
+        program.build(m)
+    state = program.stack([program.state_of(m) for m in members])
+    keys = program.keys([seed for seed, _ in POINTS])
+    fused = []
+    for epoch in range(epochs):
+        state, train, val = program.epoch(state, keys, [epoch] * len(POINTS), [True] * len(POINTS))
+        fused.append(jax.device_get((train, val)))
+    for i, history in enumerate(lone):
+        for epoch, (train, val) in enumerate(fused):
+            assert float(train["loss"][i]) == pytest.approx(history["loss"][epoch], rel=1e-5), (i, epoch)
+            assert float(val["loss"][i]) == pytest.approx(history["val_loss"][epoch], rel=1e-5, abs=1e-6), (i, epoch)
+            assert float(val["accuracy"][i]) == pytest.approx(history["val_accuracy"][epoch], abs=1e-6), (i, epoch)
+    # the members did differ (a learning rate, a seed): not one run copied four times
+    assert len({round(float(fused[-1][1]["loss"][i]), 6) for i in range(len(POINTS))}) == len(POINTS)
+
+
+@jax_only
+def test_an_inactive_member_keeps_its_state_while_the_others_train(data_dir):
+    import jax
+
+    from src import vmapped
+
+    ds, build = _builder(data_dir)
+    members = [build(seed, lr) for seed, lr in POINTS[:2]]
+    program = vmapped.Program(members[0], ds, 64)
+    for m in members:
+        program.build(m)
+    state = program.stack([program.state_of(m) for m in members])
+    keys = program.keys([1, 2])
+    before = jax.device_get(state)
+    after, _, _ = program.epoch(state, keys, [0, 0], [True, False])
+    after = jax.device_get(after)
+    for old, new in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(after)):
+        np.testing.assert_array_equal(new[1], old[1])  # frozen: weights, optimizer step, seed state
+    assert any(not np.array_equal(old[0], new[0]) for old, new in
+               zip(jax.tree_util.tree_leaves(before[0]), jax.tree_util.tree_leaves(after[0])))
