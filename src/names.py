@@ -28,6 +28,8 @@ SWEEP_DIR, SWEEP_OVERRIDES, SWEEP_JOB_NUM, SWEEP_CHILDREN = "sweep.dir", "sweep.
 BEST_RUN_ID, BEST_RUN_NAME = "best_run_id", "best_run_name"
 SWEEP_POINT = "sweep.point"  # a hash of the point's resolved config (src/manifest.py): what a resumed sweep skips
 SWEEP_RETRY_OF = "sweep.retry_of"  # on a point's new child: the run it retries (left FAILED)
+# hydra/launcher=fused (src/fused.py): on each member's run, its group (<sweep folder>/<group number>) and its size
+FUSED_GROUP, FUSED_MEMBERS = "fused.group", "fused.members"
 
 # Metrics: each epoch's Keras logs (loss, accuracy, val_loss, val_accuracy) and the time it took; test_* at the end
 EPOCH_TIME = "epoch_time_s"

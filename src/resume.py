@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from . import names
 from .callbacks import numeric_logs
@@ -149,7 +150,10 @@ class Backup(keras.callbacks.Callback):
         if not self.state["weights"]:
             return 0
         model.optimizer.build(model.trainable_variables)  # an unbuilt optimizer would skip its variables
-        model.load_weights(self.folder / self.state["weights"])
+        if self.state["weights"].endswith(".npz"):  # written by a fused group (commit_arrays)
+            load_arrays(model, self.folder / self.state["weights"])
+        else:
+            model.load_weights(self.folder / self.state["weights"])
         done = len(self.epochs)
         log.info("Resuming from %s: %d epoch(s) already finished", self.folder, done)
         return done
@@ -178,6 +182,19 @@ class Backup(keras.callbacks.Callback):
         if previous and previous != weights:
             (self.folder / previous).unlink(missing_ok=True)
 
+    def commit_arrays(self, epochs: list[dict], state: tuple) -> None:
+        """Commit a finished epoch of a fused group's member (src/fused.py): `state` = its (trainable,
+        non-trainable, optimizer) variables' values as arrays, written as one .npz (no Keras model needed, so the
+        group's writer thread can do it), and `epochs` = every finished epoch's logs. restore() reads it back."""
+        weights = f"epoch-{len(epochs)}.npz"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        save_arrays(self.folder / weights, state)
+        previous = self.state["weights"]
+        self.state = {**self.state, "epochs": list(epochs), "weights": weights}
+        self._commit()
+        if previous and previous != weights:
+            (self.folder / previous).unlink(missing_ok=True)
+
     def _commit(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.folder / f".{STATE}.{os.getpid()}"
@@ -187,3 +204,22 @@ class Backup(keras.callbacks.Callback):
             os.fsync(f.fileno())  # on disk before it replaces the old state
         os.replace(tmp, self.folder / STATE)
 
+
+
+ARRAY_GROUPS = ("trainable", "non_trainable", "optimizer")  # the variable lists of a model, in Keras's order
+
+
+def save_arrays(path: Path, state: tuple) -> None:
+    """A model's (trainable, non-trainable, optimizer) variable values, in order, as one .npz."""
+    with open(path, "wb") as f:
+        np.savez(f, **{f"{group}_{i:04d}": value for group, values in zip(ARRAY_GROUPS, state)
+                       for i, value in enumerate(values)})
+
+
+def load_arrays(model: keras.Model, path: Path) -> None:
+    """Assign what save_arrays wrote to the model's variables (a built model and optimizer of the same config)."""
+    with np.load(path) as found:
+        groups = (model.trainable_variables, model.non_trainable_variables, model.optimizer.variables)
+        for group, variables in zip(ARRAY_GROUPS, groups):
+            for i, variable in enumerate(variables):
+                variable.assign(found[f"{group}_{i:04d}"])

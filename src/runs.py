@@ -123,6 +123,72 @@ def run(
             )
 
 
+def open_member(
+    client: MlflowClient,
+    experiment_id: str,
+    run_name: str,
+    tags: dict,
+    parent_run_id: str | None = None,
+    resume_run_id: str | None = None,
+):
+    """A run started (or reopened) through `client` without becoming the process's active run: MLflow's fluent API
+    has one active run per process, and a fused group (src/fused.py) has a run per member open at once. It gets the
+    tags `run` gives (owner, MLflow's source tags); end it with `end_member`. `run` is unchanged for lone runs."""
+    from mlflow.tracking.context import registry
+
+    tags = {**tags, **liveness.owner_tags()}
+    if resume_run_id and not _resumable(resume_run_id, experiment_id):
+        resume_run_id = None
+    if resume_run_id:
+        client.log_batch(resume_run_id, tags=[RunTag(k, v) for k, v in tags.items()])  # owned before RUNNING
+        client.update_run(resume_run_id, status="RUNNING")
+        with contextlib.suppress(mlflow.exceptions.MlflowException):  # the reason of the last stop
+            client.delete_tag(resume_run_id, names.FAILURE_REASON)
+        return client.get_run(resume_run_id)
+    if parent_run_id:
+        tags[names.PARENT_RUN] = parent_run_id
+    return client.create_run(experiment_id, run_name=run_name, tags=registry.resolve_tags(tags))
+
+
+def end_member(run_id: str, status: str, reason: str | None, outbox: Outbox) -> None:
+    """End a run opened by `open_member` (after the metrics queued for it), through its outbox."""
+    wait_for_metrics()
+    if reason:
+        outbox.set_tag(run_id, names.FAILURE_REASON, reason[:4000])
+    outbox.end(run_id, status)
+    if reason:
+        log.error("Run %s ended %s: %s", run_id, status, reason)
+
+
+@contextlib.contextmanager
+def finishing(run_id: str, outbox: Outbox):
+    """The last steps of a run opened by `open_member`, with it as MLflow's active run (mlflow.keras.log_model logs
+    to the active run only), then its end: FINISHED, or FAILED / KILLED with the reason, as `run` ends a run."""
+    mlflow.set_experiment(experiment_id=MlflowClient().get_run(run_id).info.experiment_id)  # start_run checks it
+    active = mlflow.start_run(run_id=run_id, log_system_metrics=False)
+    try:
+        yield active
+    except (KeyboardInterrupt, SystemExit) as err:
+        _end(active, "KILLED", _interrupt_reason(err), outbox)
+        raise
+    except BaseException as err:
+        _end(active, "FAILED", f"{type(err).__name__}: {err}", outbox)
+        raise
+    else:
+        _end(active, "FINISHED", None, outbox)
+
+
+def interrupt_reason(err: BaseException) -> str:
+    """The failure_reason of a run ended KILLED by `err` (Ctrl-C, SIGTERM, a requeue's exit)."""
+    return _interrupt_reason(err)
+
+
+def signals_raise():
+    """Ctrl-C and SIGTERM raise (KeyboardInterrupt, Terminated) and are remembered (raise_if_interrupted) until the
+    returned function is called; in the main thread only."""
+    return _signals_raise()
+
+
 class SystemMetrics(SystemMetricsMonitor):
     """MLflow's system-metrics monitor, sampling every FIRST_INTERVAL_S for the first FIRST_MINUTE_S of the run,
     then every `interval` seconds.

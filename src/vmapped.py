@@ -78,9 +78,10 @@ class Program:
 
     # Member states ---------------------------------------------------------------------------------
 
-    def build(self, model: keras.Model) -> None:
-        """Create a member model's metrics', loss's and optimizer's variables, as fit does before its first step."""
-        sample = self.rows("train")
+    @staticmethod
+    def build(model: keras.Model, sample: Rows) -> None:
+        """Create a member model's metrics', loss's and optimizer's variables, as fit does before its first step
+        (`sample`: any split of the dataset in its device form)."""
         x = np.asarray(_model_inputs(sample.x[:1], sample.width))
         model._symbolic_build(data_batch=(x, sample.y[:1]))
 

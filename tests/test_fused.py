@@ -55,7 +55,7 @@ def test_a_fused_epoch_trains_each_member_as_its_lone_compiled_run(data_dir):
     members = [build(seed, lr) for seed, lr in POINTS]
     program = vmapped.Program(members[0], ds, 64)
     for m in members:
-        program.build(m)
+        program.build(m, program.rows("val"))
     state = program.stack([program.state_of(m) for m in members])
     keys = program.keys([seed for seed, _ in POINTS])
     fused = []
@@ -81,7 +81,7 @@ def test_an_inactive_member_keeps_its_state_while_the_others_train(data_dir):
     members = [build(seed, lr) for seed, lr in POINTS[:2]]
     program = vmapped.Program(members[0], ds, 64)
     for m in members:
-        program.build(m)
+        program.build(m, program.rows("val"))
     state = program.stack([program.state_of(m) for m in members])
     keys = program.keys([1, 2])
     before = jax.device_get(state)

@@ -1,0 +1,28 @@
+"""A thin Hydra Launcher over src/fused.py, which groups the sweep's points, trains each group as one compiled
+program and ends each point as its own job and MLflow run.
+
+Hydra imports every module of `hydra_plugins` when it scans for plugins: this one imports the project (and,
+through it, Keras and JAX) only when a sweep is launched.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from hydra.plugins.launcher import Launcher
+from omegaconf import DictConfig
+
+
+class FusedLauncher(Launcher):
+    def __init__(self, **settings: Any) -> None:
+        self.config: DictConfig | None = None
+        self.hydra_context = None
+        self.task_function = None
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
+        from src.fused import Launch
+
+        return Launch(self.config, self.hydra_context, self.task_function).run(job_overrides, initial_job_idx)

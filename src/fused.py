@@ -1,0 +1,656 @@
+"""hydra/launcher=fused (JAX): a sweep's points trained together as one compiled program, each its own MLflow run.
+
+    python -m src.train -m hydra/launcher=fused backend=jax optimizer.learning_rate=1e-3,3e-3 seed=1,2
+
+The launcher (hydra_plugins/le5_fused) composes every point of the sweep, then:
+1. groups the points that can share one program (`plan`): equal configs except in what each member can carry in
+   its own Keras variables (VARIES: its seed, i.e. initial weights, data order and Dropout masks; its learning
+   rate, an optimizer variable) or on the host (its early-stopping patience and monitor, its checkpoint folder).
+   Values Keras keeps as Python floats (model.rate, model.l2, optimizer.momentum) are fixed when the program is
+   compiled: points differing in them are separate groups. The log says how the sweep was grouped and why.
+2. sets up each member's run as `src.train.train` does (its own MLflow child run under the sweep's parent, tags,
+   params, dataset inputs, checkpoint folder; a point given `trainer.backup_dir`, as src/manifest.py does for a
+   point to resume, continues its run from its checkpoint) and builds its model under its own seed, as a lone run;
+3. trains each group with src/vmapped.py (one compiled call per epoch: `lax.scan` over batches of `jax.vmap` over
+   members; the data on the device once), a group of one included; the group is split when its members'
+   parameters and optimizer state do not fit hardware.device_data_budget beside the data (said in the log);
+4. per epoch, on the host: one transfer of the members' logs; per member its MLflow metrics (step = epoch),
+   NaN (that member's run fails, the others go on), Keras's EarlyStopping (a stopped member is frozen); its
+   checkpoint and metrics are written by the sender thread (`HostWork`), off the training loop;
+5. ends each member as Hydra's own job (hydra.core.utils.run_job: its output folder, .hydra files, JobReturn):
+   test metrics, objective, predictions, history plot, config, logged model, run FINISHED (or FAILED).
+
+Ctrl-C / SIGTERM ends every open member's run KILLED after its last finished epoch is checkpointed and logged;
+rerunning the sweep's command (same hydra.sweep.dir) skips FINISHED points and resumes the others, each into
+its own run (src/manifest.py gives each such point its `trainer.backup_dir`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from . import names
+from .config import Backend, ConfigError, Loop, Strategy
+
+log = logging.getLogger(__name__)
+
+LAUNCHER_TARGET = "hydra_plugins.le5_fused.launcher.FusedLauncher"
+# What members of one group may differ in: carried per member in Keras variables (seed: initial weights, data
+# order, Dropout's seed state; the learning rate: an optimizer variable), or used on the host only.
+VARIES = ("seed", "optimizer.learning_rate", "trainer.backup_dir", "trainer.early_stopping_patience",
+          "trainer.monitor", "trainer.verbose")
+# Keras keeps these as Python floats, fixed when the program is compiled: a reason for a separate group.
+TRACE_TIME = {"model.rate": "Dropout's rate", "model.l2": "the L2 factor", "optimizer.momentum": "SGD's momentum",
+              "optimizer.nesterov": "SGD's nesterov"}
+# A member's state on the device, in copies of its parameters and optimizer variables: the state, the next one
+# during the epoch, the best epoch's (early stopping), the one the writer thread still holds.
+MEMBER_COPIES = 4
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Refusals, before any job starts (no Keras)
+
+
+def check(cfg) -> None:
+    """Refuse a config the fused launcher cannot train, with the fix."""
+    from . import backend
+
+    chosen, why = backend.choose(cfg.backend)
+    if chosen != Backend.jax:
+        raise ConfigError(
+            f"hydra/launcher=fused trains on JAX, but this sweep uses backend={chosen.value} ({why}).\n"
+            "Fix: add backend=jax (pip install jax; jax[cuda12] on GPU nodes), or leave out hydra/launcher=fused."
+        )
+    if Loop(cfg.trainer.loop) == Loop.fit:
+        raise ConfigError(
+            "hydra/launcher=fused trains compiled epochs, but this sweep asks for trainer.loop=fit.\n"
+            "Fix: leave trainer.loop at auto (the default: the fused loop under this launcher), or drop "
+            "hydra/launcher=fused to train each point with Keras fit."
+        )
+    if Strategy(cfg.hardware.strategy) != Strategy.default:
+        raise ConfigError(
+            "hydra/launcher=fused trains on one device, but hardware.strategy=mirrored asks for several.\n"
+            "Fix: hardware=gpu (one GPU) or hardware=auto, or drop hydra/launcher=fused for multi-GPU training."
+        )
+
+
+def _refuse(err: Exception) -> None:
+    print(f"Error: {err}", file=sys.stderr)
+    sys.exit(2)
+
+
+class LaunchCheck(Callback):
+    """Hydra callback (conf/config.yaml), before the MLflow sweep's: a fused sweep that cannot run is refused
+    before its parent run exists. (Points that a sweep override makes unfit are refused by the launcher, before
+    any of them starts.)"""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if OmegaConf.select(config, "hydra.launcher._target_") != LAUNCHER_TARGET:
+            return
+        try:
+            check(config)
+        except ConfigError as err:
+            _refuse(err)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Grouping
+
+
+def _flat(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        found = {}
+        for key, value in node.items():
+            found.update(_flat(value, f"{prefix}{key}."))
+        return found
+    return {prefix[:-1]: node}
+
+
+def _values(cfg) -> dict:
+    """A composed point as flat {dotted key: value}, without Hydra's node."""
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    resolved.pop("hydra", None)
+    return _flat(resolved)
+
+
+def group_key(cfg) -> str:
+    """Points with equal keys can be trained by one program."""
+    values = {k: v for k, v in _values(cfg).items() if k not in VARIES}
+    return json.dumps(values, sort_keys=True, default=str)
+
+
+def plan(cfgs: list) -> tuple[list[list[int]], list[str]]:
+    """The groups (indices into `cfgs`, in sweep order) and the log lines that say why."""
+    keys = [group_key(c) for c in cfgs]
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    found = list(groups.values())
+    values = [_values(c) for c in cfgs]
+    lines = [f"Fused sweep: {len(cfgs)} point(s) in {len(found)} group(s)"]
+    for g, members in enumerate(found, 1):
+        differ = sorted({k for i in members for k in VARIES if values[i].get(k) != values[members[0]].get(k)})
+        first = values[members[0]]
+        what = (f"{first['model.name']} on {first['dataset.name']}, batch {first['trainer.batch_size']}, "
+                f"{first['optimizer.name']}, {first['trainer.epochs']} epochs")
+        line = f"  group {g}: {len(members)} point(s) (jobs {_ranges(members)}): {what}"
+        line += f"; differing in {', '.join(differ)}" if differ else ""
+        others = [o for o in found if o is not members]
+        if others:
+            reasons = sorted({k for o in others for k in _differences(values[members[0]], values[o[0]])})
+            line += f"; apart from the other group(s) by {', '.join(_why(k) for k in reasons)}"
+        lines.append(line)
+    return found, lines
+
+
+def _differences(a: dict, b: dict) -> list[str]:
+    return [k for k in sorted(set(a) | set(b)) if k not in VARIES and a.get(k) != b.get(k)]
+
+
+def _why(key: str) -> str:
+    return f"{key} ({TRACE_TIME[key]}, fixed when compiled)" if key in TRACE_TIME else key
+
+
+def _ranges(indices: list[int]) -> str:
+    return ", ".join(str(i) for i in indices) if len(indices) <= 8 else f"{indices[0]}..{indices[-1]}"
+
+
+def capacity(budget_bytes: int, data_bytes: int, member_bytes: int) -> int:
+    """How many members fit in the data budget beside the data (at least one)."""
+    room = budget_bytes - data_bytes
+    return max(1, int(room // max(MEMBER_COPIES * member_bytes, 1)))
+
+
+def split(members: list, cap: int) -> list[list]:
+    """`members` in consecutive chunks of at most `cap`, as even as possible."""
+    chunks = math.ceil(len(members) / cap)
+    size = math.ceil(len(members) / chunks)
+    return [members[i : i + size] for i in range(0, len(members), size)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A member: one point's run
+
+
+@dataclass
+class Member:
+    num: int  # the Hydra job number
+    config: DictConfig  # the composed point, with its hydra node
+    workdir: Path
+    cfg: DictConfig = None  # without the hydra node: what train() gets
+    job: object = None  # src.train.Job
+    run_id: str | None = None
+    outbox: object = None
+    backup: object = None
+    stopper: object = None  # Keras EarlyStopping, or None
+    handle: object = None  # what the stopper sees as its model
+    heartbeat: object = None
+    model: object = None  # its built Keras model, until its values are taken (the first member's stays: the template)
+    state: tuple | None = None  # its initial (trainable, non-trainable, optimizer) values, host arrays
+    initial_epoch: int = 0
+    epochs: list = field(default_factory=list)  # every finished epoch's logs (with those before a resume)
+    this_start: dict = field(default_factory=dict)  # this start's history, for the NaN check
+    active: bool = True
+    diverged: bool = False
+    ended: bool = False
+    error: BaseException | None = None
+
+    @property
+    def label(self) -> str:
+        return f"#{self.num}"
+
+
+class _Handle:
+    """What Keras's EarlyStopping sees as its model, for one member: asking for the weights marks the member's state
+    to be copied as its best (on the device, after the epoch's callbacks); setting them marks it to be restored."""
+
+    def __init__(self, metrics):
+        self.metrics = metrics  # for EarlyStopping's direction of a monitored metric
+        self.stop_training = False
+        self.take = self.restore = False
+
+    def get_weights(self):
+        self.take = True
+        return "the member's best state, kept on the device"
+
+    def set_weights(self, weights) -> None:
+        self.restore = True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Host work per epoch, off the training loop
+
+
+class HostWork:
+    """Each epoch's checkpoints and MLflow metrics of a group's members, written on the runs' sender thread.
+
+    The training loop only posts (the new stacked state, which members finished which epoch, their metrics):
+    O(members) appends. The sender thread then takes the latest posted state (an older one not yet written is
+    skipped: the newer checkpoint covers its epochs), commits every posted member's checkpoint, and only then
+    sends the members' metrics, one request per member with all its epochs since the last send. So a checkpoint
+    always has every epoch MLflow has (the rule of src/resume.py), and a slow store gets fewer, larger requests
+    instead of falling behind."""
+
+    def __init__(self, program):
+        self.program = program
+        self._lock = threading.Lock()
+        self._state = None  # (stacked device state, [(member index, member, epochs so far)])
+        self._metrics: dict[int, tuple] = {}  # id(member) -> (member, [Metric])
+        self._futures = []
+
+    def post(self, state, finished: list, metrics: list) -> None:
+        """`finished`: [(index in the stacked state, member, number of its finished epochs)] to checkpoint;
+        `metrics`: [(member, [Metric])] to send after."""
+        from . import runs
+
+        with self._lock:
+            if finished:
+                self._state = (state, finished)
+            for member, values in metrics:
+                self._metrics.setdefault(id(member), (member, []))[1].extend(values)
+        self._futures.append(runs.send_later(self._flush))
+
+    def _flush(self) -> None:
+        import jax
+
+        with self._lock:
+            posted, self._state = self._state, None
+            metrics, self._metrics = self._metrics, {}
+        if posted is not None:
+            state, finished = posted
+            host = jax.device_get(state)  # one transfer for the whole group
+            for i, member, done in finished:
+                member.backup.commit_arrays(member.epochs[:done], self.program.member(host, i))
+        for member, values in metrics.values():
+            for start in range(0, len(values), 1000):  # log_batch takes at most 1000 metrics
+                member.outbox.log_metrics(member.run_id, values[start : start + 1000])
+
+    def drain(self) -> None:
+        """Wait until everything posted is written; raise a writing error."""
+        futures, self._futures = self._futures, []
+        for future in futures:
+            future.result()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The launcher
+
+
+class Launch:
+    """One `launch` of the fused launcher: its points, grouped, trained, each ended as its own Hydra job."""
+
+    def __init__(self, config: DictConfig, hydra_context, task_function):
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def run(self, job_overrides, initial_job_idx: int) -> list:
+        from hydra.core.utils import configure_log, filter_overrides, setup_globals
+
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        members = [self._compose(list(o), initial_job_idx + i) for i, o in enumerate(job_overrides)]
+        for m in members:
+            log.info("\t#%d : %s", m.num, " ".join(filter_overrides(list(m.config.hydra.overrides.task))))
+        try:
+            for m in members:  # every point, before any starts
+                check(m.cfg)
+        except ConfigError as err:
+            _refuse(err)
+        groups, lines = plan([m.cfg for m in members])
+        log.info("\n".join(lines))
+        returns: dict[int, object] = {}
+        for g, indices in enumerate(groups, 1):
+            for member, ret in self._group([members[i] for i in indices], g):
+                returns[member.num] = ret
+        return [returns[m.num] for m in members]
+
+    def resume_command(self) -> str:
+        """The sweep's command again, in its folder: with its Hydra overrides (hydra/launcher=fused) too."""
+        from .manifest import resume_command
+
+        launcher = [o for o in self.config.hydra.overrides.hydra if not o.startswith("hydra.sweep.dir=")
+                    and o.startswith("hydra/launcher=")]
+        return resume_command([*launcher, *self.config.hydra.overrides.task],
+                              Path(str(self.config.hydra.sweep.dir)).resolve())
+
+    def _compose(self, overrides: list[str], num: int) -> Member:
+        from hydra.core.hydra_config import HydraConfig
+
+        from . import train
+
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(config):
+            config.hydra.job.id = num
+            config.hydra.job.num = num
+        HydraConfig.instance().set_config(config)
+        workdir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))) / str(OmegaConf.select(config, "hydra.sweep.subdir"))
+        with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+            config.hydra.runtime.output_dir = str(workdir.resolve())
+        cfg = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
+        with open_dict(cfg):
+            del cfg["hydra"]
+        hc = config.hydra
+        job = train.Job(choices=dict(hc.runtime.choices), overrides=list(hc.overrides.task), name=train._run_name(hc),
+                        num=num, sweep_dir=Path(str(hc.sweep.dir)))
+        return Member(num=num, config=config, workdir=workdir.resolve(), cfg=cfg, job=job)
+
+    # -- one group ------------------------------------------------------------------------------------------
+
+    def _group(self, members: list[Member], g: int):
+        """Set up, train and end the members of group `g`; yields (member, JobReturn) as each ends."""
+        from . import backend
+
+        first = members[0].cfg
+        chosen = Backend.jax
+        backend.activate(chosen, first.hardware)  # before anything imports Keras
+        backend.import_keras(chosen)
+        import jax
+
+        from . import compiled, data, hardware, models
+
+        models.check(first.model, first.optimizer)
+        scope, device_text = hardware.setup(first.hardware, chosen)
+        ds = data.load(first.dataset, data.data_dir(first.data_dir))
+        log.info("Data: %s (%s, sha256 %s)", ", ".join(f"{k} {n}" for k, n in ds.sizes.items()), ds.path, ds.sha256[:12])
+        from .config import Accelerator
+
+        device = jax.devices("cpu")[0] if Accelerator(first.hardware.accelerator) == Accelerator.cpu else jax.devices()[0]
+        free = compiled.free_device_bytes(device)
+        budget = int(first.hardware.device_data_budget * free)
+        data_bytes = compiled.device_bytes(ds.train) + compiled.device_bytes(ds.val)
+        if data_bytes > budget:
+            log.warning("Group %d: training + validation data %.1f MB over the budget %.1f MB (hardware."
+                        "device_data_budget %s x %.0f MB free): its %d point(s) run one by one, trainer.loop=compiled "
+                        "streaming the data", g, data_bytes / 1e6, budget / 1e6, first.hardware.device_data_budget,
+                        free / 1e6, len(members))
+            for m in members:
+                yield m, self._alone(m)
+            return
+
+        from . import vmapped
+
+        sample = compiled.rows(ds.val)  # a batch of the dataset's device form, to build each member's variables
+        ready = []
+        for m in members:
+            try:
+                self._setup(m, ds, chosen, device_text, scope, len(members), g)
+                vmapped.Program.build(m.model, sample)
+                m.state = vmapped.Program.state_of(m.model)
+                if ready:
+                    m.model = None  # its values are in m.state; the first member's model serves the group as template
+                ready.append(m)
+            except Exception as err:  # this point's run fails; the others go on
+                m.error = err
+                self._end(m, "FAILED", f"{type(err).__name__}: {err}")
+                yield m, self._failed_return(m, err)
+        if not ready:
+            return
+        member_bytes = sum(v.nbytes for values in ready[0].state for v in values)
+        chunks = split(ready, capacity(budget, data_bytes, member_bytes))
+        if len(chunks) > 1:
+            log.info("Group %d split into %d programs of %s members: %d x %.2f MB of parameters and optimizer state "
+                     "(x%d copies) do not fit beside the data (%.1f MB) in the budget %.1f MB", g, len(chunks),
+                     "/".join(str(len(c)) for c in chunks), len(ready), member_bytes / 1e6, MEMBER_COPIES,
+                     data_bytes / 1e6, budget / 1e6)
+        try:
+            for chunk in chunks:
+                program, state, test = self._train(chunk, ready[0].model, ds, device, g)
+                for i, m in enumerate(chunk):
+                    yield m, self._finish(m, program, program.member(state, i),
+                                          {k: float(v[i]) for k, v in test.items()}, ds)
+        except BaseException as err:  # Ctrl-C, SIGTERM, a bug: every run of the group still open ends, with why
+            interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
+            from . import runs
+
+            status, reason = ("KILLED", runs.interrupt_reason(err)) if interrupted else (
+                "FAILED", f"{type(err).__name__}: {err}")
+            for m in ready:
+                self._end(m, status, reason)
+            if interrupted:
+                print("Interrupted: the sweep's open MLflow runs were ended KILLED after their last finished epoch "
+                      "(checkpointed).\nResume the sweep (FINISHED points are skipped, the others continue their "
+                      f"runs) with:\n  {self.resume_command()}", file=sys.stderr)
+            raise
+
+    def _alone(self, m: Member):
+        """A point trained by itself (trainer.loop=compiled: data over the budget are streamed) as Hydra's job."""
+        from hydra.core.utils import run_job
+
+        with open_dict(m.config):
+            m.config.trainer.loop = Loop.compiled.value
+        return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=m.config,
+                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+
+    def _setup(self, m: Member, ds, chosen, device_text: str, scope, size: int, g: int) -> None:
+        """What train() does before training, for one member: its run, tags, params, inputs, checkpoint, model."""
+        import keras
+        from hydra.core.utils import _save_config
+        from mlflow.tracking import MlflowClient
+
+        from . import (backend, config, inputs, liveness, manifest, models, outbox, preflight, provenance, redaction,
+                       resume, runs, store, sweep, train)
+
+        cfg, job = m.cfg, m.job
+        config.validate(cfg, job.choices)
+        config.check_fits(cfg, ds.sizes["train"])
+        m.workdir.mkdir(parents=True, exist_ok=True)
+        preflight.check_folder(m.workdir, "output folder", preflight.OUTPUT_FIX)
+        if m.config.hydra.output_subdir is not None:  # as Hydra's run_job writes them (again when the job ends)
+            hydra_files = m.workdir / str(m.config.hydra.output_subdir)
+            _save_config(cfg, "config.yaml", hydra_files)
+            _save_config(m.config.hydra, "hydra.yaml", hydra_files)
+            _save_config(m.config.hydra.overrides.task, "overrides.yaml", hydra_files)
+        experiment_id = store.connect(store.tracking_uri(cfg.tracking.tracking_uri), config.experiment_name(cfg))
+        client = MlflowClient()
+        parent_run_id, sweep_tags = sweep.parent(job.sweep_dir, job.overrides, job.num)
+        if parent_run_id:
+            sweep_tags[names.SWEEP_POINT] = manifest.point_hash(cfg)
+        m.backup = resume.for_run(cfg, chosen.value, ds.sha256, m.workdir, job.num)
+        job.backup_dir = m.backup.folder
+        if parent_run_id and m.backup.run_id is None:
+            if retried := sweep.retried(parent_run_id, sweep_tags[names.SWEEP_POINT]):
+                sweep_tags[names.SWEEP_RETRY_OF] = retried
+        tags = {**provenance.tags(job.choices, job.overrides, chosen.value), **sweep_tags, names.DEVICE: device_text,
+                names.LOOP_RESOLVED: Loop.compiled.value, names.OUTPUT_DIR: str(m.workdir),
+                names.BACKUP_DIR: str(m.backup.folder), names.FUSED_GROUP: f"{job.sweep_dir.name}/{g}",
+                names.FUSED_MEMBERS: str(size)}
+        m.outbox = outbox.Outbox(m.workdir / outbox.FILENAME, client)
+        liveness.reconcile(client, [experiment_id])
+        run = runs.open_member(client, experiment_id, job.name or cfg.model.name, tags, parent_run_id,
+                               resume_run_id=m.backup.run_id)
+        m.run_id = run.info.run_id
+        m.heartbeat = liveness.Heartbeat(client, m.run_id).start()
+        m.backup.record_run(m.run_id)
+        m.outbox.log_inputs(m.run_id, inputs.records(cfg.dataset.name, ds.path, ds.sha256, ds.sizes))
+        runs.log_params(run, {**redaction.params(cfg), names.BACKEND: chosen.value})
+        log.info("Job #%d: MLflow run %s%s, output %s, checkpoint %s", job.num, m.run_id,
+                 " (resumed)" if m.backup.run_id and m.backup.epochs else "", m.workdir, m.backup.folder)
+
+        with scope:  # its model as a lone run builds it: under its own seed
+            backend.set_random_seed(chosen, cfg.seed)
+            model = models.build_model(cfg.model, ds.spec)
+            model.compile(optimizer=models.build_optimizer(cfg.optimizer), loss=ds.spec.loss, metrics=["accuracy"])
+            m.initial_epoch = m.backup.restore(model)
+        m.epochs = list(m.backup.epochs)
+        m.model = model
+        if cfg.trainer.early_stopping_patience is not None:
+            m.stopper = keras.callbacks.EarlyStopping(monitor=cfg.trainer.monitor,
+                                                      patience=cfg.trainer.early_stopping_patience,
+                                                      restore_best_weights=True, verbose=0)
+        if m.epochs:  # epochs the backup has and MLflow lacks (killed between the two): sent now
+            from .callbacks import MLflowMetrics
+
+            MLflowMetrics(m.run_id, client, finished_epochs=m.epochs, outbox=m.outbox).on_train_begin()
+
+    # -- training -------------------------------------------------------------------------------------------
+
+    def _train(self, chunk: list[Member], template, ds, device, g: int):
+        """Train the chunk's members together; returns (program, final stacked state, test logs per member)."""
+        import jax
+        import numpy as np
+        from mlflow.entities import Metric
+
+        from . import runs, vmapped
+        from .callbacks import numeric_logs
+
+        program = vmapped.Program(template, ds, chunk[0].cfg.trainer.batch_size, device)
+        for m in chunk:
+            m.handle = _Handle(template.metrics)
+            if m.stopper is not None:
+                m.stopper.set_model(m.handle)
+                m.stopper.on_train_begin()
+        state = program.stack([m.state for m in chunk])
+        keys = program.keys([int(m.cfg.seed) for m in chunk])
+        total = int(chunk[0].cfg.trainer.epochs)
+        for m in chunk:
+            m.active = m.initial_epoch < total
+        best = None
+        host = HostWork(program)
+        restore = runs.signals_raise()
+        log.info("Group %d: training %d member(s) together on %s, %d epoch(s)", g, len(chunk), device, total)
+        try:
+            step = 0
+            while any(m.active for m in chunk):
+                runs.raise_if_interrupted()
+                epochs = [m.initial_epoch + step for m in chunk]
+                active = [m.active for m in chunk]
+                started = time.perf_counter()
+                state, train_logs, val_logs = program.epoch(state, keys, epochs, active)
+                train_logs, val_logs = jax.device_get((train_logs, val_logs))  # the one transfer of the epoch
+                seconds = time.perf_counter() - started
+                finished, metrics = self._epoch_end(chunk, epochs, active, train_logs, val_logs, seconds, total,
+                                                    numeric_logs, Metric)
+                takes = [m.handle.take for m in chunk]
+                if any(takes):
+                    best = program.select(np.asarray(takes), state, state if best is None else best)
+                restores = [m.handle.restore for m in chunk]
+                if any(restores):
+                    state = program.select(np.asarray(restores), best, state)
+                for m in chunk:
+                    m.handle.take = m.handle.restore = False
+                host.post(state, finished, metrics)
+                self._log_epoch(g, chunk, epochs, active, val_logs, seconds, total)
+                step += 1
+            host.drain()
+            runs.raise_if_interrupted()
+        except BaseException:
+            try:
+                host.drain()  # every finished epoch checkpointed and logged before the runs end (in _group)
+            except Exception as write_error:  # noqa: BLE001 - the first error is the one raised
+                log.error("Writing the last checkpoints failed: %s", write_error)
+            raise
+        finally:
+            restore()
+        test = program.evaluate(state, "test")
+        return program, state, test
+
+    def _epoch_end(self, chunk, epochs, active, train_logs, val_logs, seconds, total, numeric_logs, Metric):
+        """Per member: its epoch's logs, NaN, early stopping; what to checkpoint and send."""
+        now = int(time.time() * 1000)
+        finished, metrics = [], []
+        for i, m in enumerate(chunk):
+            if not active[i]:
+                continue
+            epoch = epochs[i]
+            logs = {k: float(v[i]) for k, v in train_logs.items()}
+            logs.update({f"val_{k}": float(v[i]) for k, v in val_logs.items()})
+            values = {**numeric_logs(logs), names.EPOCH_TIME: seconds}  # the group's epoch: every member's time
+            for key, value in logs.items():
+                m.this_start.setdefault(key, []).append(value)
+            metrics.append((m, [Metric(k, v, now, epoch + 1) for k, v in values.items()]))
+            if not math.isfinite(logs.get("loss", 0.0)):  # TerminateOnNaN: stop after this epoch; the run fails
+                m.diverged, m.active = True, False
+                continue
+            m.epochs.append(values)
+            finished.append((i, m, len(m.epochs)))
+            if m.stopper is not None:
+                m.stopper.on_epoch_end(epoch, logs)
+            if m.handle.stop_training or epoch + 1 >= total:
+                m.active = False
+                if m.stopper is not None:
+                    m.stopper.on_train_end()  # restores the best epoch's weights, as in a lone run
+                    if m.stopper.stopped_epoch:
+                        log.info("Job #%d: early stopping after epoch %d (best epoch %d)", m.num, epoch + 1,
+                                 m.stopper.best_epoch + 1)
+        return finished, metrics
+
+    def _log_epoch(self, g, chunk, epochs, active, val_logs, seconds, total) -> None:
+        trained = [i for i, a in enumerate(active) if a]
+        if not trained:
+            return
+        losses = [(float(val_logs["loss"][i]), chunk[i].num) for i in trained]
+        finite = [x for x in losses if math.isfinite(x[0])]
+        low = min(finite) if finite else (float("nan"), "-")
+        log.info("Group %d epoch %d/%d: %d member(s) trained in %.2f s; val_loss %s, lowest job #%s",
+                 g, max(epochs[i] for i in trained) + 1, total, len(trained), seconds,
+                 " ".join(f"{x[0]:.4f}" for x in losses[:8]) + (" ..." if len(losses) > 8 else ""), low[1])
+
+    # -- ending each member as Hydra's job --------------------------------------------------------------------
+
+    def _finish(self, m: Member, program, state, test: dict, ds):
+        from hydra.core.utils import run_job
+
+        def task(_cfg):
+            return self._finish_run(m, program, state, test, ds)
+
+        return run_job(hydra_context=self.hydra_context, task_function=task, config=m.config,
+                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+
+    def _finish_run(self, m: Member, program, state, test: dict, ds) -> float:
+        """What train() does after training, for one member: its result, artifacts, model, and its run's end."""
+        from . import batches, config, runs, train
+
+        cfg = m.cfg
+        m.heartbeat.stop()
+        try:
+            with runs.finishing(m.run_id, m.outbox):
+                m.ended = True
+                if m.diverged:
+                    train._raise_on_nan(m.this_start, cfg)
+                history = {k: [e[k] for e in m.epochs] for k in m.epochs[0] if k != names.EPOCH_TIME}
+                objective = config.objective(history[cfg.trainer.monitor], cfg.trainer.monitor)
+                runs.log_final_metrics(m.outbox, m.run_id, {**{f"test_{k}": v for k, v in test.items()},
+                                                            names.objective(cfg.trainer.monitor): objective})
+                log.info("Job #%d test: %s", m.num, ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
+                program.assign(state)
+                predictions = train._predictions(program.model, batches.first(ds.test, 10), ds.test.y[:10])
+                train._log_artifacts(cfg, history, predictions, program.model, m.workdir, m.outbox, m.run_id)
+        except Exception:
+            log.exception("Job #%d (run %s) failed", m.num, m.run_id)
+            raise
+        m.backup.discard()  # FINISHED: nothing left to resume
+        log.info("Job #%d: run %s FINISHED", m.num, m.run_id)
+        return float(objective)
+
+    def _end(self, m: Member, status: str, reason: str) -> None:
+        """End a member's run that is still open (not yet being finished): KILLED or FAILED with the reason."""
+        from . import runs
+
+        if m.heartbeat is not None:
+            m.heartbeat.stop()
+        if m.run_id is None or m.ended:
+            return
+        m.ended = True
+        runs.end_member(m.run_id, status, reason, m.outbox)
+
+    def _failed_return(self, m: Member, err: BaseException):
+        from hydra.core.utils import JobReturn, JobStatus
+
+        ret = JobReturn()
+        ret.cfg, ret.hydra_cfg, ret.overrides = m.cfg, OmegaConf.create({"hydra": m.config.hydra}), list(
+            m.config.hydra.overrides.task)
+        ret.working_dir, ret.task_name = os.getcwd(), str(m.config.hydra.job.name)
+        ret.return_value, ret.status = err, JobStatus.FAILED
+        return ret
