@@ -91,3 +91,65 @@ def test_an_inactive_member_keeps_its_state_while_the_others_train(data_dir):
         np.testing.assert_array_equal(new[1], old[1])  # frozen: weights, optimizer step, seed state
     assert any(not np.array_equal(old[0], new[0]) for old, new in
                zip(jax.tree_util.tree_leaves(before[0]), jax.tree_util.tree_leaves(after[0])))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The launcher, as users run it (subprocesses on backend=jax; run once, in the JAX pass)
+
+
+def _sweep(data_dir, store, experiment, sweep_dir, *extra):
+    from conftest import base_overrides
+
+    return ["-m", "hydra/launcher=fused", "backend=jax", *base_overrides(data_dir, store, experiment),
+            "trainer.epochs=2", "tracking.log_model=false", f"hydra.sweep.dir={sweep_dir}", *extra]
+
+
+@jax_only
+def test_a_fused_sweep_records_each_point_as_its_own_run_and_resumes(data_dir, store, experiment, tmp_path):
+    """4 points (2 learning rates x 2 seeds) in one group: one parent, one FINISHED child per point with its own
+    epochs at steps 1 and 2 (once), its test metrics, objective and artifacts; the rerun of the same command runs
+    nothing again."""
+    from mlflow.tracking import MlflowClient
+
+    from conftest import run_cli
+    from src import names
+
+    command = _sweep(data_dir, store, experiment, tmp_path / "sweep", "optimizer.learning_rate=1e-3,3e-3", "seed=1,2")
+    result = run_cli(command, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "Fused sweep: 4 point(s) in 1 group(s)" in log and "Group 1: training 4 member(s) together" in log
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    [parent] = [r for r in runs if names.PARENT_RUN not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get(names.PARENT_RUN) == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and len(children) == 4
+    assert {(r.data.params["optimizer.learning_rate"], r.data.params["seed"]) for r in children} == {
+        ("0.001", "1"), ("0.001", "2"), ("0.003", "1"), ("0.003", "2")}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "val_loss")) == [1, 2]
+        assert {"test_loss", "test_accuracy", "best_val_loss"} <= set(child.data.metrics)
+        assert {"config.yaml", "predictions.csv", "plots"} <= {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert len({r.data.metrics["val_loss"] for r in children}) == 4  # four different trainings
+
+    again = run_cli(command, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "4 point(s) already FINISHED (skipped), 0 to run" in again.stdout + again.stderr
+    assert len(client.search_runs([parent.info.experiment_id])) == 5  # nothing recorded twice
+
+
+@pytest.mark.parametrize("bad, fix", [
+    (["backend=tensorflow"], "Fix: add backend=jax"),
+    (["backend=jax", "trainer.loop=fit"], "Fix: leave trainer.loop at auto"),
+])
+def test_the_fused_launcher_refuses_what_it_cannot_train_before_any_job(bad, fix, data_dir, store, experiment, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from conftest import run_cli
+
+    command = [c for c in _sweep(data_dir, store, experiment, tmp_path / "sweep", "seed=1,2") if c != "backend=jax"]
+    result = run_cli([*command, *bad], timeout=300)
+    assert result.returncode != 0 and fix in result.stderr, result.stderr[-2000:]
+    found = MlflowClient(store).get_experiment_by_name(experiment)
+    assert found is None or not MlflowClient(store).search_runs([found.experiment_id])  # nothing recorded
