@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,14 @@ def _tracking_uri_restored():
 def experiment(store, request) -> str:
     """A fresh experiment name per test, so each test sees only its own runs."""
     return re.sub(r"[^\w.-]+", "-", f"test-{request.node.name}")[:200]  # [param] ids break Hydra's grammar
+
+
+@pytest.fixture
+def conf(tmp_path) -> Path:
+    """A copy of conf/ in tmp_path, to add YAML files to as a user adds them to a clone (compose(conf_dir=...))."""
+    folder = tmp_path / "conf"
+    shutil.copytree(ROOT / "conf", folder)
+    return folder
 
 
 def base_overrides(data_dir: Path, store: str, experiment: str) -> list[str]:

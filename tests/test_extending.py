@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import shutil
-
 import mlflow
 import pytest
 
-from conftest import ROOT, base_overrides, compose, train_composed, write_imdb, write_mnist
+from conftest import base_overrides, compose, train_composed, write_imdb, write_mnist
 from src import config
 
 FASHION = """\
@@ -40,13 +38,6 @@ model:
   input_shape: [28, 28]
   units: [256, 128]
 """
-
-
-@pytest.fixture
-def conf(tmp_path):
-    folder = tmp_path / "conf"
-    shutil.copytree(ROOT / "conf", folder)
-    return folder
 
 
 @pytest.mark.parametrize("dataset,model,yaml,writer", [
