@@ -51,6 +51,7 @@ def launch(processes: int, uri: str, data_dir: Path, experiment: str, folder: Pa
         "exit_codes": codes,
         "locked": sum("database is locked" in text for text in logs),
         "outbox_used": sum("did not take" in text for text in logs),  # records the store refused at first
+        "outbox_left": sum(1 for _ in folder.glob("job-*/mlflow-pending*")),  # still waiting for an import
         "logs": logs,
     }
 
