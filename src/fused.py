@@ -317,13 +317,11 @@ class Launch:
         return [returns[m.num] for m in members]
 
     def resume_command(self) -> str:
-        """The sweep's command again, in its folder: with its Hydra overrides (hydra/launcher=fused) too."""
+        """The sweep's command again (hydra/launcher=fused included), in its folder."""
+        from . import sweep
         from .manifest import resume_command
 
-        launcher = [o for o in self.config.hydra.overrides.hydra if not o.startswith("hydra.sweep.dir=")
-                    and o.startswith("hydra/launcher=")]
-        return resume_command([*launcher, *self.config.hydra.overrides.task],
-                              Path(str(self.config.hydra.sweep.dir)).resolve())
+        return resume_command(sweep.command(self.config), Path(str(self.config.hydra.sweep.dir)).resolve())
 
     def _compose(self, overrides: list[str], num: int) -> Member:
         from hydra.core.hydra_config import HydraConfig
@@ -520,6 +518,7 @@ class Launch:
         host = HostWork(program)
         restore = runs.signals_raise()
         log.info("Group %d: training %d member(s) together on %s, %d epoch(s)", g, len(chunk), device, total)
+        host_ms = []  # per epoch, the training thread's time outside the compiled epoch and its transfer
         try:
             step = 0
             while any(m.active for m in chunk):
@@ -542,7 +541,11 @@ class Launch:
                     m.handle.take = m.handle.restore = False
                 host.post(state, finished, metrics)
                 self._log_epoch(g, chunk, epochs, active, val_logs, seconds, total)
+                host_ms.append((time.perf_counter() - started - seconds) * 1000)
                 step += 1
+            if host_ms:  # benchmarks/bench_fused_host.py reads it
+                log.info("Group %d: host work per epoch (metrics, early stopping, hand-over to the writer thread) "
+                         "median %.1f ms for %d member(s)", g, sorted(host_ms)[len(host_ms) // 2], len(chunk))
             host.drain()
             runs.raise_if_interrupted()
         except BaseException:

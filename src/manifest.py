@@ -173,7 +173,7 @@ class ResumingLauncher:
                 resumed += 1
                 overrides.append(f"{BACKUP_OVERRIDE}={folder}")
             todo.append(overrides)
-        manifest.save(list(config.hydra.overrides.task))
+        manifest.save(sweep.command(config))
         if skipped or resumed:
             log.info("Resuming the sweep in %s: %d point(s) already FINISHED (skipped), %d to run (%d from their "
                      "checkpoints)", sweep_dir, skipped, len(todo), resumed)

@@ -71,6 +71,18 @@ def manifest_resume(command: list[str] | None, sweep_dir: Path) -> str:
     return resume_command(command or [], sweep_dir)
 
 
+# Hydra's own overrides that say where this start writes, not how the sweep runs: the resume command names the
+# folder itself, and Hydra adds the mode for -m.
+NOT_IN_COMMAND = ("hydra.sweep.dir=", "hydra.run.dir=", "hydra.mode=")
+
+
+def command(config) -> list[str]:
+    """The sweep's command as overrides: Hydra's own that choose how it runs (hydra/launcher=fused,
+    hydra.launcher.partition=gpu), then the task's; what the resume command repeats."""
+    chosen = [o for o in config.hydra.overrides.hydra if not o.startswith(NOT_IN_COMMAND)]
+    return [*chosen, *config.hydra.overrides.task]
+
+
 def swept_keys(overrides: list[str]) -> list[str]:
     """The keys a sweep varies (`optimizer.learning_rate=1e-2,1e-3`, `seed=range(3)`): what tells its jobs apart."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -124,7 +136,7 @@ class MLflowSweep(Callback):
         experiment_id = store.connect(uri, experiment_name(config))
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         self._uri = uri
-        self._command = list(config.hydra.overrides.task)
+        self._command = command(config)
         record = self.sweep_dir / PARENT_FILE
         try:
             # "x": exclusive creation, so two sweeps can never share a folder (nor a parent run)
@@ -157,7 +169,7 @@ class MLflowSweep(Callback):
                 self.parent_run_id = run.info.run_id
                 self._heartbeat = liveness.Heartbeat(MlflowClient(uri), self.parent_run_id).start()
                 json.dump({"run_id": self.parent_run_id, "experiment_id": experiment_id, "tracking_uri": uri,
-                           "swept": swept_keys(list(config.hydra.overrides.task))}, handle)
+                           "swept": swept_keys(list(config.hydra.overrides.task)), "command": self._command}, handle)
             log.info("MLflow parent run %s for the sweep in %s", self.parent_run_id, self.sweep_dir)
         atexit.register(self._end_unfinished)
         if threading.current_thread() is threading.main_thread():
@@ -176,7 +188,9 @@ class MLflowSweep(Callback):
             run = client.get_run(parent["run_id"])
         except Exception:
             run = None
-        before = json.loads(run.data.tags.get(names.SWEEP_OVERRIDES, "null")) if run is not None else None
+        before = parent.get("command")  # a record written before it held the command: the task's overrides
+        if before is None and run is not None:
+            before = json.loads(run.data.tags.get(names.SWEEP_OVERRIDES, "null"))
         if run is None or parent.get("tracking_uri") != uri or before != self._command:
             started = (f"its command: {manifest_resume(before, self.sweep_dir)}" if before is not None
                        else f"its MLflow parent run {parent.get('run_id')} is not in {uri}")

@@ -153,3 +153,112 @@ def test_the_fused_launcher_refuses_what_it_cannot_train_before_any_job(bad, fix
     assert result.returncode != 0 and fix in result.stderr, result.stderr[-2000:]
     found = MlflowClient(store).get_experiment_by_name(experiment)
     assert found is None or not MlflowClient(store).search_runs([found.experiment_id])  # nothing recorded
+
+
+def _children(client, experiment) -> dict:
+    """The sweep's child runs by (learning rate, seed)."""
+    from src import names
+
+    found = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return {(r.data.params["optimizer.learning_rate"], r.data.params["seed"]): r for r in found
+            if names.PARENT_RUN in r.data.tags}
+
+
+def _history(client, run, key="val_loss") -> list[float]:
+    points = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+    assert [m.step for m in points] == list(range(1, len(points) + 1)), run.info.run_name  # each epoch once
+    return [m.value for m in points]
+
+
+@jax_only
+def test_each_fused_run_matches_its_point_run_alone_early_stopping_included(data_dir, store, tmp_path):
+    """The same 4 points (Dropout on, early stopping with patience 1, up to 8 epochs) swept fused and swept with the
+    basic launcher and trainer.loop=compiled: each point's recorded val_loss per epoch within 1e-3 and its test
+    accuracy within 0.2 points, so each member stopped at its own epoch while the others went on."""
+    from mlflow.tracking import MlflowClient
+
+    from conftest import run_cli
+
+    points = ["optimizer.learning_rate=3e-2,1e-3", "seed=1,2", "model.rate=0.3", "trainer.epochs=8",
+              "trainer.early_stopping_patience=1"]
+    fused = run_cli([*_sweep(data_dir, store, "fused", tmp_path / "fused"), *points], timeout=600)
+    assert fused.returncode == 0, fused.stderr[-3000:]
+    lone = [c for c in _sweep(data_dir, store, "lone", tmp_path / "lone") if c != "hydra/launcher=fused"]
+    alone = run_cli([*lone, "trainer.loop=compiled", *points], timeout=600)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+
+    client = MlflowClient(store)
+    fused_runs, lone_runs = _children(client, "fused"), _children(client, "lone")
+    assert set(fused_runs) == set(lone_runs) and len(fused_runs) == 4
+    lengths = set()
+    for point, run in fused_runs.items():
+        mine, theirs = _history(client, run), _history(client, lone_runs[point])
+        assert len(mine) == len(theirs), point  # stopped after the same epoch
+        assert mine == pytest.approx(theirs, abs=1e-3), point
+        assert run.data.metrics["test_accuracy"] == pytest.approx(lone_runs[point].data.metrics["test_accuracy"],
+                                                                  abs=0.002), point
+        assert run.data.metrics["best_val_loss"] == pytest.approx(min(mine), abs=1e-6)
+        lengths.add(len(mine))
+    assert len(lengths) > 1 and min(lengths) < 8  # some member stopped early while another went on
+    assert "early stopping after epoch" in fused.stdout + fused.stderr
+
+
+@jax_only
+def test_a_member_whose_loss_turns_nan_fails_alone(data_dir, store, experiment, tmp_path):
+    """SGD at learning rate 1e30 overflows the weights: that member's run FAILED with the NaN named, the sweep exits
+    non-zero and prints how to continue it (with its launcher); its group-mate, trained after it, FINISHED."""
+    from mlflow.tracking import MlflowClient
+
+    from conftest import run_cli
+    from src import names
+
+    command = _sweep(data_dir, store, experiment, tmp_path / "sweep", "optimizer=sgd",
+                     "optimizer.learning_rate=1e30,1e-2", "seed=1", "trainer.epochs=3")
+    result = run_cli(command, timeout=600)
+    assert result.returncode != 0  # the sweep reports its failed point
+    log = result.stdout + result.stderr
+    assert "Group 1: training 2 member(s) together" in log
+    continued = log.split("Continue it (points already FINISHED are skipped, failed ones rerun) with:\n")[1]
+    assert "hydra/launcher=fused" in continued.splitlines()[0]
+    runs = _children(MlflowClient(store), experiment)
+    good, bad = runs[("0.01", "1")], runs[("1e+30", "1")]
+    assert good.info.status == "FINISHED" and bad.info.status == "FAILED"
+    assert "nan" in bad.data.tags[names.FAILURE_REASON].lower()
+    assert len(_history(MlflowClient(store), good)) == 3
+
+
+@jax_only
+def test_sigterm_ends_every_member_killed_and_the_rerun_resumes_each_into_its_own_run(data_dir, store, experiment,
+                                                                                       tmp_path):
+    import signal
+
+    from mlflow.tracking import MlflowClient
+
+    from cli_runs import run, start, wait_for_epochs
+
+    epochs = 150
+    command = _sweep(data_dir, store, experiment, tmp_path / "sweep", "optimizer.learning_rate=1e-3,3e-3", "seed=1,2",
+                     "trainer.epochs=2")
+    command = [c for c in command if c != "trainer.epochs=2"] + [f"trainer.epochs={epochs}"]
+    driver = start(command, tmp_path)
+    try:
+        wait_for_epochs(driver, tmp_path, 3, pattern="sweep/*/backup", timeout=300)
+        driver.send_signal(signal.SIGTERM)
+        output, _ = driver.communicate(timeout=120)
+    finally:
+        driver.kill()
+    assert driver.returncode != 0, output[-3000:]
+    assert "Resume the sweep" in output and "hydra/launcher=fused" in output.split("Resume the sweep")[1]
+    client = MlflowClient(store)
+    killed = _children(client, experiment)
+    assert len(killed) == 4 and {r.info.status for r in killed.values()} == {"KILLED"}
+    done = {point: len(_history(client, r)) for point, r in killed.items()}
+    assert all(0 < n < epochs for n in done.values()), done
+
+    again = run(["python", "-m", "src.train", *command], tmp_path, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:]
+    resumed = _children(client, experiment)
+    assert {p: r.info.run_id for p, r in resumed.items()} == {p: r.info.run_id for p, r in killed.items()}
+    for point, r in resumed.items():
+        assert r.info.status == "FINISHED"
+        assert len(_history(client, r)) == epochs  # every epoch once: the checkpoint had what MLflow had

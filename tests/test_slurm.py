@@ -346,3 +346,30 @@ def test_optuna_sweep_runs_trials_as_slurm_jobs_two_at_a_time_and_prunes(data_di
     spans = [(c.info.start_time, c.info.end_time) for c in children]
     in_flight = max(sum(s <= start < e for s, e in spans) for start, _ in spans)
     assert in_flight == 2
+
+
+def test_a_fused_sweep_in_one_job_is_requeued_and_resumes_each_point_into_its_own_run(data_dir, store, experiment,
+                                                                                       tmp_path):
+    """slurm/sweep.sbatch hydra/launcher=fused trains the sweep's points together in that job; `scontrol requeue`
+    (what preemption does) ends them KILLED after their last finished epoch and reruns the command, which resumes each
+    point into its own run: every epoch once."""
+    epochs = 8
+    args = [*base_overrides(data_dir, store, experiment), "hydra/launcher=fused", "backend=jax", "tracking.log_model=false",
+            f"trainer.epochs={epochs}", *SLOW, f"hydra.sweep.dir={tmp_path}/sweep", "optimizer.learning_rate=1e-3,3e-3"]
+    args = [a for a in args if a != "trainer.epochs=1"]
+    job_id = sbatch("slurm/sweep.sbatch", args, tmp_path)
+    children = lambda: [r for r in runs(experiment) if "mlflow.parentRunId" in r.data.tags]  # noqa: E731
+    first = wait_for(lambda: still_running(job_id, tmp_path) and len(children()) == 2 and children(), 180,
+                     "the two child runs")
+    wait_for(lambda: still_running(job_id, tmp_path) and len(steps(first[0].info.run_id)) >= 2, 180, "two epochs")
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    end = wait_done(job_id, timeout=400)
+    log = log_of(tmp_path, job_id)
+    assert end["JobState"] == "COMPLETED", log[-3000:]
+    assert "a fused sweep, trained in this job (restart 1)" in log and "resume" in log.lower()
+    after = children()
+    assert {r.info.run_id for r in after} == {r.info.run_id for r in first}  # each point's own run, reopened
+    for run in after:
+        assert run.info.status == "FINISHED"
+        for key in ("loss", "val_loss"):
+            assert steps(run.info.run_id, key) == list(range(1, epochs + 1)), key
