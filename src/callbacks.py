@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -54,6 +55,7 @@ class MLflowMetrics(keras.callbacks.Callback):
         self.outbox = outbox
         self._epoch_start = 0.0
         self._pending: list[Future] = []
+        self._beaten = -math.inf  # when an epoch's end last beat (time.monotonic)
 
     def on_train_begin(self, logs=None):
         if not self.finished_epochs:
@@ -83,8 +85,11 @@ class MLflowMetrics(keras.callbacks.Callback):
         if metrics:
             send = self.client.log_batch if self.outbox is None else self.outbox.log_metrics
             self._pending.append(runs.send_later(self._send, send, epoch, metrics))
-        if self.outbox is None or not self.outbox.path.exists():  # no beat into a store known to be lost
-            # Every epoch, on the sender thread: the run's owner is alive (src/liveness.py).
+        due = time.monotonic() - self._beaten >= liveness.EPOCH_BEAT_S
+        if due and (self.outbox is None or not self.outbox.path.exists()):  # no beat into a store known to be lost
+            # On the sender thread: the run's owner is alive (src/liveness.py). Not every epoch: sub-second epochs
+            # would each write a tag (a SQLite write of CPU beside training); the run's Heartbeat thread beats too.
+            self._beaten = time.monotonic()
             self._pending.append(runs.send_later(liveness.beat, self.client, self.run_id))
 
     def _send(self, send, epoch: int, metrics: list[Metric]) -> None:
