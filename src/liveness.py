@@ -2,9 +2,10 @@
 
 A process that ends normally, or by Ctrl-C / SIGTERM, ends its run itself (src/runs.py). One killed
 with SIGKILL (the OOM killer, `kill -9`, a node lost) cannot, and its run would stay RUNNING forever.
-So every run records its owner as tags, and a heartbeat tag it refreshes at least once per epoch and
-every HEARTBEAT_S seconds within an epoch. `reconcile` (called by every `python -m src.train` for its
-experiment and every `python -m src.compare`) ends FAILED each RUNNING run whose owner is provably gone:
+So every run records its owner as tags, and a heartbeat tag it refreshes every HEARTBEAT_S seconds (a
+thread) and at an epoch's end (at most every EPOCH_BEAT_S: sub-second epochs would write one tag each).
+`reconcile` (called by every `python -m src.train` for its experiment and every `python -m src.compare`)
+ends FAILED each RUNNING run whose owner is provably gone:
 
 - on this host (same `owner.host`): the pid is dead, or it was reused (its start time differs), or the
   host rebooted since (another boot id);
@@ -34,7 +35,8 @@ log = logging.getLogger(__name__)
 
 HOST, PID, STARTED, BOOT = names.OWNER_HOST, names.OWNER_PID, names.OWNER_START_TICKS, names.OWNER_BOOT_ID
 HEARTBEAT, SLURM_JOB = names.HEARTBEAT, names.SLURM_JOB
-HEARTBEAT_S = 120.0  # within a long epoch; every epoch end beats as well
+HEARTBEAT_S = 120.0  # within a long epoch
+EPOCH_BEAT_S = 10.0  # an epoch's end beats too, if the last epoch's beat is older than this
 HEARTBEAT_TIMEOUT_S = 15 * 60  # a run on an unreachable host with no heartbeat for this long is dead
 SLURM_ALIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD",
                "RESIZING", "SIGNALING", "STAGE_OUT"}
@@ -106,12 +108,13 @@ def why_dead(tags: dict, start_time_ms: int | None = None, now: float | None = N
     """Why the run's owner is provably gone, or None if it may be alive.
 
     `job_returned`: the caller (a sweep's driver, at the sweep's end) knows the run's job has returned. A job
-    outside SLURM ran in the driver's own process (the basic launcher), whose pid is alive: its run is dead all
-    the same. A SLURM job is judged by squeue as always (a requeued job comes back).
+    that ran in the caller's own process (the basic launcher; also inside a SLURM allocation, where squeue
+    still lists the driver's job), or outside SLURM, is dead although its owner's pid may be alive: the
+    driver's. A job of its own in SLURM is judged by squeue as always (a requeued job comes back).
     """
     now = time.time() if now is None else now
     host, pid = tags.get(HOST), tags.get(PID)
-    if job_returned and not tags.get(SLURM_JOB):
+    if job_returned and (not tags.get(SLURM_JOB) or _is_this_process(tags)):
         return "its job ended without ending the run (killed or crashed)"
     if host and pid and host == socket.gethostname():
         if tags.get(BOOT) and _boot_id() and tags[BOOT] != _boot_id():
@@ -137,6 +140,13 @@ def why_dead(tags: dict, start_time_ms: int | None = None, now: float | None = N
         where = f" from {host}" if host else ""
         return f"no heartbeat{where} for {age:.0f} min (timeout {HEARTBEAT_TIMEOUT_S // 60} min)"
     return None
+
+
+def _is_this_process(tags: dict) -> bool:
+    """The owner tags name the calling process (host, pid and, where recorded, its start time)."""
+    if tags.get(HOST) != socket.gethostname() or tags.get(PID) != str(os.getpid()):
+        return False
+    return not tags.get(STARTED) or tags[STARTED] == start_ticks(os.getpid())
 
 
 def _squeue(job: str) -> str | None:

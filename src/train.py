@@ -152,7 +152,11 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
         model.summary(print_fn=lambda line, **_: log.info(line))
 
         training = loop.trainer(resolved, model, ds, cfg)  # Keras fit, or compiled epochs on JAX: the same interface
-        this_start = training.fit(cfg.trainer.epochs, initial_epoch, _callbacks(cfg, run.info.run_id, backup, kept, trial))
+        found = _callbacks(cfg, run.info.run_id, backup, kept, trial)
+        try:
+            this_start = training.fit(cfg.trainer.epochs, initial_epoch, found)
+        finally:
+            backup.wait()  # its writer thread's last epoch on disk, also after Ctrl-C (src/resume.py)
         _raise_on_nan(this_start, cfg)
         if trial is not None and trial.pruned_at is not None:  # stopped, not failed: the run ends FINISHED
             kept.set_tag(run.info.run_id, names.PRUNED, "true")
@@ -183,7 +187,7 @@ def _callbacks(cfg, run_id: str, backup, kept, trial=None) -> list:
         callbacks.StopOnSignal(),
         keras.callbacks.TerminateOnNaN(),
         backup,
-        callbacks.MLflowMetrics(run_id, finished_epochs=backup.epochs, outbox=kept),
+        callbacks.MLflowMetrics(run_id, finished_epochs=backup.epochs, outbox=kept, committed=backup.committed),
     ]
     if cfg.trainer.early_stopping_patience is not None:
         found.append(

@@ -102,6 +102,31 @@ def test_heartbeat_thread_refreshes_the_tag(store, experiment):
     assert time.time() - float(client.get_run(run_id).data.tags[liveness.HEARTBEAT]) < 5
 
 
+def test_short_epochs_do_not_each_beat(store, experiment, monkeypatch):
+    """Sub-second epochs would write a tag each (CPU beside training): an epoch's end beats only when the last
+    epoch beat is EPOCH_BEAT_S old; the run's Heartbeat thread beats in between."""
+    from src import callbacks
+
+    client = MlflowClient(store)
+    run_id = client.create_run(client.create_experiment(experiment)).info.run_id
+    metrics = callbacks.MLflowMetrics(run_id, client=client)
+
+    def beat() -> str:
+        return client.get_run(run_id).data.tags[liveness.HEARTBEAT]
+
+    for epoch in range(3):
+        metrics.on_epoch_end(epoch, {"loss": 0.5})
+        metrics.on_train_end()
+        if epoch == 0:
+            assert time.time() - float(beat()) < 5
+            client.set_tag(run_id, liveness.HEARTBEAT, "0")
+    assert beat() == "0"  # epochs 2 and 3 came within EPOCH_BEAT_S of epoch 1's beat
+    monkeypatch.setattr(liveness, "EPOCH_BEAT_S", 0.0)
+    metrics.on_epoch_end(3, {"loss": 0.5})
+    metrics.on_train_end()
+    assert time.time() - float(beat()) < 5
+
+
 def test_a_live_concurrent_run_is_never_touched(data_dir, store, experiment, tmp_path):
     """Process A trains; process B trains the same experiment and compare runs: A stays RUNNING."""
     client = MlflowClient(store)
@@ -185,7 +210,8 @@ def test_reconcile_and_the_sweep_summary_read_every_page_of_runs(store, experime
 
 def test_at_a_sweeps_end_one_rule_judges_its_children(tmp_path, monkeypatch):
     """The sweep driver asks liveness, with its one set of SLURM states: a job that ran in the driver's own (live)
-    process and returned without ending its run is dead; a SLURM job squeue still lists (requeued) is not."""
+    process and returned without ending its run is dead, in a SLURM allocation too; a SLURM job of its own that
+    squeue still lists (requeued) is not."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "squeue").write_text('#!/bin/sh\ncase "$*" in *111*) echo REQUEUED;; *) echo COMPLETED;; esac\n')
@@ -194,6 +220,11 @@ def test_at_a_sweeps_end_one_rule_judges_its_children(tmp_path, monkeypatch):
     local = me()  # the basic launcher: the child's owner is the driver itself, alive
     assert liveness.why_dead(local) is None
     assert "its job ended without ending the run" in liveness.why_dead(local, job_returned=True)
+    # the basic launcher inside a SLURM allocation (salloc, an sbatch script): squeue still lists the driver's job
+    in_allocation = {**local, liveness.SLURM_JOB: "111"}
+    assert "its job ended without ending the run" in liveness.why_dead(in_allocation, job_returned=True)
+    other = {**in_allocation, liveness.PID: str(os.getppid()), liveness.STARTED: liveness.start_ticks(os.getppid())}
+    assert liveness.why_dead(other, job_returned=True) is None  # another live process's job is not the driver's
     requeued = {liveness.HOST: "node-8", liveness.SLURM_JOB: "111", liveness.HEARTBEAT: f"{time.time():.0f}"}
     assert liveness.why_dead(requeued, job_returned=True) is None
     ended = {**requeued, liveness.SLURM_JOB: "222"}
