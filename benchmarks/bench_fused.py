@@ -31,7 +31,7 @@ def sweep(launcher: list[str], folder: Path, args) -> tuple[float, list[float]]:
     seeds = ",".join(str(s) for s in range(1, args.points // 4 + 1))
     command = [sys.executable, "-m", "src.train", "-m", "backend=jax", f"hardware={args.hardware}",
                "trainer.verbose=0", f"trainer.epochs={args.epochs}", f"tracking.tracking_uri=sqlite:///{folder}/mlflow.db",
-               f"hydra.sweep.dir={folder}/sweep", f"optimizer.learning_rate={LEARNING_RATES}", f"seed={seeds}", *launcher]
+               f"hydra.sweep.dir={folder}/sweep", f"optimizer.learning_rate={LEARNING_RATES}", f"seed={seeds}", *args.overrides, *launcher]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -48,6 +48,7 @@ def main() -> None:
     p.add_argument("--points", type=int, default=16, help="a multiple of 4 (4 learning rates x points/4 seeds)")
     p.add_argument("--hardware", default="cpu")
     p.add_argument("--baseline", choices=["compiled", "fit"], default="compiled", help="the basic launcher's trainer.loop")
+    p.add_argument("--overrides", nargs="*", default=[], help="more overrides for both sweeps (dataset.sha256=null)")
     args = p.parse_args()
     if not os.environ.get("LE5_DATA_DIR"):
         sys.exit("export LE5_DATA_DIR=/path/with/mnist.npz")

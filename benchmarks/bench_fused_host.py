@@ -22,7 +22,8 @@ from benchmarks import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_MS = 50.0
-HOST_LINE = re.compile(r"host work per epoch .* median ([\d.]+) ms for (\d+) member")
+HOST_LINE = re.compile(r"host work per epoch .* median ([\d.]+) ms for (\d+) member\(s\); the writer thread wrote "
+                       r"(\d+) time\(s\) in (\d+) epoch\(s\) .* median (\d+) ms")
 EPOCH_LINE = re.compile(r"Group \d+ epoch (\d+)/\d+: (\d+) member\(s\) trained in ([\d.]+) s")
 
 
@@ -47,11 +48,15 @@ def main() -> None:
             out = done.stdout + done.stderr
             if done.returncode != 0:
                 sys.exit(f"the fused sweep failed:\n{out[-3000:]}")
-        host = [float(m.group(1)) for m in HOST_LINE.finditer(out)]
+        found = HOST_LINE.search(out)
+        if found is None:
+            sys.exit(f"no host-work line in the sweep's log:\n{out[-3000:]}")
+        host, writes, epochs_run, write_ms = float(found[1]), int(found[3]), int(found[4]), int(found[5])
         epochs = [float(m.group(3)) * 1000 for m in EPOCH_LINE.finditer(out) if int(m.group(1)) > 1]
-        medians += host
-        print(f"round {r + 1}: host work per epoch, median {host[0]:.1f} ms for {args.members} members; the group's "
-              f"epoch (device + one transfer) median {statistics.median(epochs):.1f} ms", flush=True)
+        medians.append(host)
+        print(f"round {r + 1}: host work per epoch, median {host:.1f} ms for {args.members} members; the group's "
+              f"epoch (device + one transfer) median {statistics.median(epochs):.1f} ms; the writer thread (beside "
+              f"training) wrote {writes} times in {epochs_run} epochs, median {write_ms} ms per write", flush=True)
     worst = max(medians)
     print(f"host work per epoch for {args.members} members: {', '.join(f'{x:.1f}' for x in medians)} ms "
           f"(target <= {TARGET_MS:.0f} ms: {'met' if worst <= TARGET_MS else 'not met'}); "

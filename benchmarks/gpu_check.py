@@ -114,6 +114,10 @@ def main() -> int:
     p.add_argument("--bench-compiled", action="store_true",
                    help="jax: also benchmarks/bench_compiled.py (fit vs compiled epochs, alternating, per-seed accuracy)")
     p.add_argument("--compiled-repeats", type=int, default=2, help="--bench-compiled: rounds of fit vs compiled (default 2)")
+    p.add_argument("--fused", action="store_true",
+                   help="jax: also benchmarks/bench_fused.py (--fused-points of mnist_dense x 5 epochs, hydra/launcher=fused "
+                        "vs the basic launcher with trainer.loop=fit)")
+    p.add_argument("--fused-points", type=int, default=64, help="--fused: points, a multiple of 4 (default 64)")
     p.add_argument("--data-dir", default=os.environ.get("LE5_DATA_DIR"), help="default: $LE5_DATA_DIR, else <project>/data")
     p.add_argument("--hardware", default="gpu", help="hardware config (cpu: check this script on a CPU machine)")
     p.add_argument("--mnist-epochs", type=int, default=5)
@@ -195,6 +199,12 @@ def main() -> int:
             print(f"== {' '.join(bench[1:])}", flush=True)
             if subprocess.run(bench, cwd=h.ROOT, check=False).returncode:
                 failures.append("bench_compiled")
+        if args.fused and "jax" in backends:
+            fused = [sys.executable, "-m", "benchmarks.bench_fused", "--hardware", args.hardware, "--points",
+                     str(args.fused_points), "--epochs", str(args.mnist_epochs), "--baseline", "fit", "--overrides", *extra]
+            print(f"== {' '.join(fused[1:])}", flush=True)
+            if subprocess.run(fused, cwd=h.ROOT, env={**os.environ, "LE5_DATA_DIR": str(data)}, check=False).returncode:
+                failures.append("bench_fused")
     finally:
         ws.close()
         tmp.cleanup()

@@ -7,6 +7,7 @@
 #   bash benchmarks/gpu_check.sh --backend jax                # tensorflow | jax | torch, or several: jax,torch
 #   bash benchmarks/gpu_check.sh --backend jax                # on jax: trainer.loop=fit and =compiled (--loop picks)
 #   bash benchmarks/gpu_check.sh --backend jax --bench-compiled   # also benchmarks/bench_compiled.py (fit vs compiled)
+#   bash benchmarks/gpu_check.sh --backend jax --fused        # also a 64-point fused sweep vs the basic launcher (fit)
 #   bash benchmarks/gpu_check.sh --backend jax --dry-run      # the runs it would make
 #   bash benchmarks/gpu_check.sh --hardware cpu --scale 0.05 --backend tensorflow,jax   # its logic, on a CPU
 #
