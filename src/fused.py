@@ -175,8 +175,9 @@ def capacity(budget_bytes: int, data_bytes: int, member_bytes: int) -> int:
 def split(members: list, cap: int) -> list[list]:
     """`members` in consecutive chunks of at most `cap`, as even as possible."""
     chunks = math.ceil(len(members) / cap)
-    size = math.ceil(len(members) / chunks)
-    return [members[i : i + size] for i in range(0, len(members), size)]
+    size, extra = divmod(len(members), chunks)  # the first `extra` chunks take one more
+    bounds = [i * size + min(i, extra) for i in range(chunks + 1)]
+    return [members[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -114,7 +114,8 @@ def test_a_fused_sweep_records_each_point_as_its_own_run_and_resumes(data_dir, s
     from conftest import run_cli
     from src import names
 
-    command = _sweep(data_dir, store, experiment, tmp_path / "sweep", "optimizer.learning_rate=1e-3,3e-3", "seed=1,2")
+    command = _sweep(data_dir, store, experiment, tmp_path / "sweep", "optimizer.learning_rate=1e-3,3e-3", "seed=1,2",
+                     "tracking.log_model=true")
     result = run_cli(command, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
@@ -132,11 +133,56 @@ def test_a_fused_sweep_records_each_point_as_its_own_run_and_resumes(data_dir, s
         assert {"test_loss", "test_accuracy", "best_val_loss"} <= set(child.data.metrics)
         assert {"config.yaml", "predictions.csv", "plots"} <= {a.path for a in client.list_artifacts(child.info.run_id)}
     assert len({r.data.metrics["val_loss"] for r in children}) == 4  # four different trainings
+    import mlflow
+
+    from src import data
+
+    mlflow.set_tracking_uri(store)
+    ds = data.load(compose([f"data_dir={data_dir}", "dataset.sha256=null", "dataset.validation_size=100"]).dataset,
+                   data_dir)
+    for child in children:  # each point's logged model holds its own weights: its recorded test accuracy again
+        model = mlflow.keras.load_model(f"runs:/{child.info.run_id}/mnist_dense")
+        accuracy = float(np.mean(model.predict(ds.test.x, verbose=0).argmax(-1) == ds.test.y))
+        assert accuracy == pytest.approx(child.data.metrics["test_accuracy"], abs=1e-6), child.info.run_name
 
     again = run_cli(command, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "4 point(s) already FINISHED (skipped), 0 to run" in again.stdout + again.stderr
     assert len(client.search_runs([parent.info.experiment_id])) == 5  # nothing recorded twice
+
+
+def test_a_group_is_split_into_programs_that_fit_the_budget():
+    from src import fused
+
+    # 10 MB of budget, 1 MB of data, members of 0.5 MB (x4 copies): 4 fit beside the data
+    assert fused.capacity(10 * 2**20, 2**20, 2**19) == 4
+    assert fused.capacity(2**20, 2**20, 2**19) == 1  # nothing fits: still one at a time
+    assert fused.split(list(range(10)), 4) == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]  # 3 programs, as even as can be
+    assert fused.split(list(range(4)), 4) == [[0, 1, 2, 3]]
+
+
+@jax_only
+def test_a_group_over_the_device_budget_runs_as_smaller_programs_and_says_so(data_dir, store, experiment, tmp_path):
+    """A budget with room for two members beside the data: the 4-point group trains as 2 programs of 2."""
+    import jax
+
+    from src import compiled, data, fused, vmapped
+
+    ds, build = _builder(data_dir)
+    model = build(1, 1e-3)
+    vmapped.Program.build(model, compiled.rows(ds.val))
+    member = sum(v.nbytes for values in vmapped.Program.state_of(model) for v in values)
+    budget = compiled.device_bytes(ds.train) + compiled.device_bytes(ds.val) + 2.5 * fused.MEMBER_COPIES * member
+    fraction = budget / compiled.free_device_bytes(jax.devices("cpu")[0])
+    from conftest import run_cli
+
+    command = _sweep(data_dir, store, experiment, tmp_path / "sweep", "optimizer.learning_rate=1e-3,3e-3", "seed=1,2",
+                     "trainer.epochs=1", f"hardware.device_data_budget={fraction:.3g}")
+    result = run_cli(command, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "Group 1 split into 2 programs of 2/2 members" in log and "do not fit beside the data" in log
+    assert log.count("training 2 member(s) together") == 2
 
 
 @pytest.mark.parametrize("bad, fix", [
