@@ -40,3 +40,15 @@ def test_multirun_puts_parent_and_children_in_the_configured_store(data_dir, exp
         other = MlflowClient(exported)
         assert [e.name for e in other.search_experiments()] in ([], ["Default"])
         assert other.search_runs([e.experiment_id for e in other.search_experiments()]) == []
+
+
+def test_every_hydra_plugin_of_the_project_is_installed_with_it():
+    """A plugin folder missing from pyproject's packages works from the repository root (the current folder is on
+    sys.path) and nowhere else: `hydra/launcher=fused` would be unknown to a job started in another folder."""
+    import tomllib
+
+    from conftest import ROOT
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    plugins = {f"hydra_plugins.{p.parent.name}" for p in (ROOT / "hydra_plugins").glob("*/__init__.py")}
+    assert plugins and plugins <= listed, sorted(plugins - listed)
