@@ -151,6 +151,19 @@ def test_a_fused_sweep_records_each_point_as_its_own_run_and_resumes(data_dir, s
     assert len(client.search_runs([parent.info.experiment_id])) == 5  # nothing recorded twice
 
 
+def test_points_group_by_what_one_program_can_carry_and_the_log_says_why():
+    from src import fused
+
+    points = [compose([f"optimizer.learning_rate={lr}", f"seed={seed}", f"model.rate={rate}"])
+              for rate in (0.0, 0.3) for lr in (1e-3, 3e-3) for seed in (1, 2)]
+    groups, lines = fused.plan(points)
+    assert groups == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert lines[0] == "Fused sweep: 8 point(s) in 2 group(s)"
+    assert "differing in optimizer.learning_rate, seed" in lines[1]
+    assert "apart from the other group(s) by model.rate (Dropout's rate, fixed when compiled)" in lines[1]
+    assert fused.plan(points[:1])[0] == [[0]]  # a single point: a group of one
+
+
 def test_a_group_is_split_into_programs_that_fit_the_budget():
     from src import fused
 
