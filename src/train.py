@@ -62,9 +62,11 @@ def main(cfg: DictConfig) -> float:
         print(f"Error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (runs.Terminated)
-        print("Interrupted: any MLflow run was ended KILLED, keeping the metrics logged so far.", file=sys.stderr)
+        print("Interrupted: any MLflow run was ended KILLED, keeping the metrics logged so far.\n"
+              f"Output folder: {Path(hc.runtime.output_dir).resolve()}", file=sys.stderr)
         if job.backup_dir and (job.backup_dir / "state.json").is_file():
-            print(f"Resume it (the same MLflow run, from its last finished epoch) with:\n  {resume_command(job)}",
+            print(f"  checkpoint of the last finished epoch: {job.backup_dir}\n"
+                  f"Resume it (the same MLflow run, from its last finished epoch) with:\n  {resume_command(job)}",
                   file=sys.stderr)
         sys.exit(130)
 
