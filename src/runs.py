@@ -123,6 +123,11 @@ def run(
             )
 
 
+# MLflow's monitor says at INFO that it started, stopped, and skips GPU metrics on a CPU node: four lines of every
+# run's log that tell nothing. Its warnings (a sample it could not log) still show.
+logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+
+
 class SystemMetrics(SystemMetricsMonitor):
     """MLflow's system-metrics monitor, sampling every FIRST_INTERVAL_S for the first FIRST_MINUTE_S of the run,
     then every `interval` seconds.
