@@ -250,8 +250,8 @@ def _log_model(model, kept, run_id: str) -> None:
     """The model through MLflow's Keras flavour, named after the model option (its Keras name): "Logged models" in
     the UI, mlflow.keras.load_model("runs:/<id>/<model name>"), e.g. runs:/<id>/mnist_dense.
 
-    A store that does not take it gets the same MLflow model folder as the run's model/ artifacts through the
-    outbox (kept on disk until imported); runs:/<id>/model then loads it from there.
+    A store that does not take it gets the same MLflow model folder as the run's <model name>/ artifacts through
+    the outbox (kept on disk until imported); runs:/<id>/<model name> then loads it from there.
     """
     import mlflow
 
