@@ -62,9 +62,11 @@ def main(cfg: DictConfig) -> float:
         print(f"Error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (runs.Terminated)
-        print("Interrupted: any MLflow run was ended KILLED, keeping the metrics logged so far.", file=sys.stderr)
+        print("Interrupted: any MLflow run was ended KILLED, keeping the metrics logged so far.\n"
+              f"Output folder: {Path(hc.runtime.output_dir).resolve()}", file=sys.stderr)
         if job.backup_dir and (job.backup_dir / "state.json").is_file():
-            print(f"Resume it (the same MLflow run, from its last finished epoch) with:\n  {resume_command(job)}",
+            print(f"  checkpoint of the last finished epoch: {job.backup_dir}\n"
+                  f"Resume it (the same MLflow run, from its last finished epoch) with:\n  {resume_command(job)}",
                   file=sys.stderr)
         sys.exit(130)
 
@@ -252,8 +254,8 @@ def _log_model(model, kept, run_id: str) -> None:
     """The model through MLflow's Keras flavour, named after the model option (its Keras name): "Logged models" in
     the UI, mlflow.keras.load_model("runs:/<id>/<model name>"), e.g. runs:/<id>/mnist_dense.
 
-    A store that does not take it gets the same MLflow model folder as the run's model/ artifacts through the
-    outbox (kept on disk until imported); runs:/<id>/model then loads it from there.
+    A store that does not take it gets the same MLflow model folder as the run's <model name>/ artifacts through
+    the outbox (kept on disk until imported); runs:/<id>/<model name> then loads it from there.
     """
     import mlflow
 

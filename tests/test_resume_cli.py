@@ -74,7 +74,10 @@ def test_interrupted_run_resumes_with_the_printed_command(signum, data_dir, stor
     assert killed.info.status == "KILLED"
     assert backup.is_dir()  # kept: the run did not finish
 
-    command = printed_resume_command(output)
+    # the interrupt names the folders (the start's lines may have scrolled away), then the command
+    interrupted = output[output.index("Interrupted:"):]
+    assert f"Output folder: {backup.parent}\n  checkpoint of the last finished epoch: {backup}\n" in interrupted
+    command = printed_resume_command(interrupted)
     # this interpreter, by its path: it works outside an activated venv (a bare `python` has no Hydra there)
     assert command[:3] == [sys.executable, "-m", "src.train"] and command[-1] == f"trainer.backup_dir={backup}"
     assert command[3:-1] == args  # the original overrides, unchanged
