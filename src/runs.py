@@ -187,6 +187,8 @@ def signals_raise():
     """Ctrl-C and SIGTERM raise (KeyboardInterrupt, Terminated) and are remembered (raise_if_interrupted) until the
     returned function is called; in the main thread only."""
     return _signals_raise()
+
+
 # MLflow's monitor says at INFO that it started, stopped, and skips GPU metrics on a CPU node: four lines of every
 # run's log that tell nothing. Its warnings (a sample it could not log) still show.
 logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
