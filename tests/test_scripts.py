@@ -166,6 +166,20 @@ def test_sweep_sbatch_passes_each_override_as_one_argument(project):
     assert not project.marker.exists()
 
 
+def test_a_requeued_sweep_sbatch_continues_in_the_folder_of_its_first_start(project):
+    """A requeue after midnight must not start a second sweep in a new dated folder: the same folder resumes it."""
+    earlier = project.root / "multirun" / "2026-01-01" / "sweep-78"
+    earlier.mkdir(parents=True)
+    (project.root / "multirun" / "2026-01-01" / "sweep-7").mkdir()  # another job's folder
+    assert project.run("slurm/sweep.sbatch", "seed=1,2", SLURM_JOB_ID="78", SLURM_RESTART_COUNT="1").returncode == 0
+    assert project.run("slurm/sweep.sbatch", "seed=1,2", SLURM_JOB_ID="79", SLURM_RESTART_COUNT="1").returncode == 0
+    assert project.run("slurm/sweep.sbatch", "seed=1,2", SLURM_JOB_ID="78").returncode == 0  # a first start
+    folders = sorted(argv[4] for argv in project.calls("python"))
+    today = [f for f in folders if "2026-01-01" not in f]
+    assert "hydra.sweep.dir=multirun/2026-01-01/sweep-78" in folders  # the requeue
+    assert len(today) == 2 and all(f.endswith(("/sweep-79", "/sweep-78")) for f in today)  # no earlier folder
+
+
 def test_train_sbatch_requeues_on_the_time_limit_signal(project):
     """SLURM's USR1 (--signal=B:USR1@120): the script stops python with TERM and runs `scontrol requeue JOB`."""
     process = subprocess.Popen(["bash", str(project.root / "slurm/train.sbatch"), "trainer.epochs=3"], cwd=project.root,
