@@ -46,6 +46,7 @@ from .config import Backend, ConfigError, Loop, Strategy
 log = logging.getLogger(__name__)
 
 LAUNCHER_TARGET = "hydra_plugins.le5_fused.launcher.FusedLauncher"
+SWEEPER_TARGET = "hydra_plugins.le5_sweep.sweeper.ResumingSweeper"  # the grid sweeper (conf/hydra/sweeper/basic.yaml)
 # What members of one group may differ in: carried per member in Keras variables (seed: initial weights, data
 # order, Dropout's seed state; the learning rate: an optimizer variable), or used on the host only.
 VARIES = ("seed", "optimizer.learning_rate", "trainer.backup_dir", "trainer.early_stopping_patience",
@@ -99,6 +100,14 @@ class LaunchCheck(Callback):
         if OmegaConf.select(config, "hydra.launcher._target_") != LAUNCHER_TARGET:
             return
         try:
+            sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_"))
+            if sweeper != SWEEPER_TARGET:
+                raise ConfigError(
+                    f"hydra/launcher=fused trains a grid sweep's points together; it does not run under the sweeper "
+                    f"{sweeper} (an Optuna trial reports each epoch to its study, which a fused group does not).\n"
+                    "Fix: drop hydra/launcher=fused to run the trials as they are, or sweep a grid "
+                    "(leave hydra/sweeper at its default)."
+                )
             check(config)
         except ConfigError as err:
             _refuse(err)

@@ -202,6 +202,7 @@ def test_a_group_over_the_device_budget_runs_as_smaller_programs_and_says_so(dat
     (["backend=tensorflow"], "Fix: add backend=jax"),
     (["backend=jax", "trainer.loop=fit"], "Fix: leave trainer.loop at auto"),
     (["backend=jax", "hardware.strategy=mirrored"], "Fix: hardware=gpu (one GPU) or hardware=auto"),
+    (["backend=jax", "hydra/sweeper=optuna"], "Fix: drop hydra/launcher=fused to run the trials as they are"),
 ])
 def test_the_fused_launcher_refuses_what_it_cannot_train_before_any_job(bad, fix, data_dir, store, experiment, tmp_path):
     from mlflow.tracking import MlflowClient
