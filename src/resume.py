@@ -8,7 +8,7 @@ any instant leaves either the previous epoch's state or the new one, never a mix
 The training thread only copies the variables to the host at an epoch's end (one transfer; they may
 change in place or be donated by the next step); a `Writer` thread writes and fsyncs the weights,
 then commits state.json, in order. An epoch's end costs ~0.1 ms instead of the 13-160 ms of a
-synchronous `save_weights` (docs/notes/seams.md). The run's end, Ctrl-C and `discard` wait for it.
+synchronous `save_weights` (docs/performance.md, "An epoch's host work"). The run's end, Ctrl-C and `discard` wait for it.
 
 Together with `callbacks.MLflowMetrics` this gives each epoch exactly once in MLflow:
 - the backup commits epoch k *before* MLflow hears of it (callback order in train.py, and MLflowMetrics's
@@ -102,13 +102,19 @@ def fingerprint(cfg, backend: str, data_sha256: str) -> str:
 # The checkpoint on disk --------------------------------------------------------------------------------
 
 
+def checkpoint_variables(model: keras.Model) -> list:
+    """What a checkpoint keeps, in its order: the trainable, non-trainable and optimizer variables (the order of
+    Keras's stateless API, in which a fused group holds its members' states too)."""
+    return [*model.trainable_variables, *model.non_trainable_variables, *model.optimizer.variables]
+
+
 def snapshot(model: keras.Model) -> list[np.ndarray]:
     """Host copies of the model's weights and its optimizer's variables (what `save_weights` keeps), taken now.
 
     Copies, not views: the next training step changes TensorFlow and PyTorch variables in place and may donate
     (reuse) JAX's buffers, while the writer thread is still writing these.
     """
-    variables = [*model.weights, *model.optimizer.variables]
+    variables = checkpoint_variables(model)
     if keras.backend.backend() == "jax":
         import jax
 
@@ -131,10 +137,9 @@ def read_weights(path: Path) -> list[np.ndarray]:
         return [f[str(i)] for i in range(len(f.files))]
 
 
-def assign(model: keras.Model, arrays: list[np.ndarray], source: Path, variables: list | None = None) -> None:
-    """Set the model's weights and optimizer variables (built) from a `snapshot`'s arrays, in its order (or in the
-    order of `variables`)."""
-    variables = variables if variables is not None else [*model.weights, *model.optimizer.variables]
+def assign(model: keras.Model, arrays: list[np.ndarray], source: Path) -> None:
+    """Set the model's weights and optimizer variables (built) from a checkpoint's arrays, in its order."""
+    variables = checkpoint_variables(model)
     shapes = [tuple(v.shape) for v in variables]
     if shapes != [a.shape for a in arrays]:
         raise ValueError(f"the checkpoint {source} holds {len(arrays)} arrays that do not match this model's "
@@ -263,10 +268,7 @@ class Backup(keras.callbacks.Callback):
         path = self.folder / self.state["weights"]
         if path.suffix == ".h5":  # written by save_weights, before the Writer
             model.load_weights(path)
-        elif path.name.endswith(".fused.npz"):  # written by a fused group (commit_arrays)
-            assign(model, read_weights(path), path, [*model.trainable_variables, *model.non_trainable_variables,
-                                                     *model.optimizer.variables])
-        else:  # written by the Writer, in snapshot's order
+        else:  # written by the Writer, or by a fused group (commit_arrays): the same order
             assign(model, read_weights(path), path)
         done = len(self.epochs)
         log.info("Resuming from %s: %d epoch(s) already finished", self.folder, done)
@@ -314,12 +316,11 @@ class Backup(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         self.wait()
 
-
     def commit_arrays(self, epochs: list[dict], state: tuple) -> None:
         """Commit a finished epoch of a fused group's member (src/fused.py), on the group's writer thread:
-        `state` = its (trainable, non-trainable, optimizer) variables' values as arrays (no Keras model needed),
-        `epochs` = every finished epoch's logs. restore() reads it back in that order."""
-        weights = f"epoch-{len(epochs)}.fused.npz"
+        `state` = its (trainable, non-trainable, optimizer) variables' values as arrays (no Keras model needed: the
+        order of `checkpoint_variables`), `epochs` = every finished epoch's logs. restore() reads it back."""
+        weights = f"epoch-{len(epochs)}.weights.npz"
         previous = self.state["weights"]
         self.state = {**self.state, "epochs": list(epochs), "weights": weights}
         commit(self.folder, json.dumps(self.state), weights, [a for group in state for a in group], previous)

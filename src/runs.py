@@ -99,13 +99,13 @@ def run(
         run_name, active.info.run_id, experiment_id, redact(uri), " (resumed)" if resume_run_id else "",
     )
     monitor = SystemMetrics(active.info.run_id, system_metrics).start() if system_metrics is not None else None
-    restore = _signals_raise()
+    restore = signals_raise()
     heartbeat = liveness.Heartbeat(client, active.info.run_id).start()  # within long epochs
     try:
         yield active
         raise_if_interrupted()  # one swallowed on the way still ends the run KILLED, not FINISHED
     except (KeyboardInterrupt, SystemExit) as err:  # SystemExit: submitit's requeue exits so
-        _end(active, "KILLED", _interrupt_reason(err), outbox, monitor)
+        _end(active, "KILLED", interrupt_reason(err), outbox, monitor)
         raise
     except BaseException as err:
         _end(active, "FAILED", f"{type(err).__name__}: {err}", outbox, monitor)
@@ -169,24 +169,13 @@ def finishing(run_id: str, outbox: Outbox):
     try:
         yield active
     except (KeyboardInterrupt, SystemExit) as err:
-        _end(active, "KILLED", _interrupt_reason(err), outbox)
+        _end(active, "KILLED", interrupt_reason(err), outbox)
         raise
     except BaseException as err:
         _end(active, "FAILED", f"{type(err).__name__}: {err}", outbox)
         raise
     else:
         _end(active, "FINISHED", None, outbox)
-
-
-def interrupt_reason(err: BaseException) -> str:
-    """The failure_reason of a run ended KILLED by `err` (Ctrl-C, SIGTERM, a requeue's exit)."""
-    return _interrupt_reason(err)
-
-
-def signals_raise():
-    """Ctrl-C and SIGTERM raise (KeyboardInterrupt, Terminated) and are remembered (raise_if_interrupted) until the
-    returned function is called; in the main thread only."""
-    return _signals_raise()
 
 
 # MLflow's monitor says at INFO that it started, stopped, and skips GPU metrics on a CPU node: four lines of every
@@ -250,7 +239,8 @@ def _resumable(run_id: str, experiment_id: str) -> bool:
     return True
 
 
-def _interrupt_reason(err: BaseException) -> str:
+def interrupt_reason(err: BaseException) -> str:
+    """The failure_reason of a run ended KILLED by `err` (Ctrl-C, SIGTERM, a requeue's exit)."""
     if isinstance(err, Terminated):
         return f"Terminated: {err}: interrupted during training"  # "SIGTERM (signal 15)"
     if isinstance(err, KeyboardInterrupt):
@@ -294,8 +284,9 @@ def raise_if_interrupted() -> None:
         raise _INTERRUPTED[0]
 
 
-def _signals_raise():
-    """Ctrl-C and SIGTERM raise (and are remembered) while a run is open, in the main thread."""
+def signals_raise():
+    """Ctrl-C and SIGTERM raise (KeyboardInterrupt, Terminated) and are remembered (raise_if_interrupted) until the
+    returned function is called; in the main thread only (a run, a fused group)."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     _INTERRUPTED.clear()
