@@ -452,8 +452,7 @@ class Launch:
         from hydra.core.utils import _save_config
         from mlflow.tracking import MlflowClient
 
-        from . import (backend, config, inputs, liveness, manifest, models, outbox, preflight, provenance, redaction,
-                       resume, runs, store, sweep, train)
+        from . import backend, config, inputs, liveness, models, outbox, preflight, redaction, runs, store, train
 
         cfg, job = m.cfg, m.job
         config.validate(cfg, job.choices)
@@ -467,18 +466,9 @@ class Launch:
             _save_config(m.config.hydra.overrides.task, "overrides.yaml", hydra_files)
         experiment_id = store.connect(store.tracking_uri(cfg.tracking.tracking_uri), config.experiment_name(cfg))
         client = MlflowClient()
-        parent_run_id, sweep_tags = sweep.parent(job.sweep_dir, job.overrides, job.num)
-        if parent_run_id:
-            sweep_tags[names.SWEEP_POINT] = manifest.point_hash(cfg)
-        m.backup = resume.for_run(cfg, chosen.value, ds.sha256, m.workdir, job.num)
-        job.backup_dir = m.backup.folder
-        if parent_run_id and m.backup.run_id is None:
-            if retried := sweep.retried(parent_run_id, sweep_tags[names.SWEEP_POINT]):
-                sweep_tags[names.SWEEP_RETRY_OF] = retried
-        tags = {**provenance.tags(job.choices, job.overrides, chosen.value), **sweep_tags, names.DEVICE: device_text,
-                names.LOOP_RESOLVED: Loop.compiled.value, names.OUTPUT_DIR: str(m.workdir),
-                names.BACKUP_DIR: str(m.backup.folder), names.FUSED_GROUP: f"{job.sweep_dir.name}/{g}",
-                names.FUSED_MEMBERS: str(size)}
+        parent_run_id, tags, m.backup = train.identify(cfg, job, chosen.value, ds.sha256, m.workdir, device_text,
+                                                       Loop.compiled.value)
+        tags.update({names.FUSED_GROUP: f"{job.sweep_dir.name}/{g}", names.FUSED_MEMBERS: str(size)})
         m.outbox = outbox.Outbox(m.workdir / outbox.FILENAME, client)
         liveness.reconcile(client, [experiment_id])
         run = runs.open_member(client, experiment_id, job.name or cfg.model.name, tags, parent_run_id,

@@ -71,6 +71,25 @@ def main(cfg: DictConfig) -> float:
         sys.exit(130)
 
 
+def identify(cfg, job: Job, backend_name: str, data_sha256: str, workdir: Path, device: str, loop_name: str):
+    """What a run is before it opens, for a lone run and a fused group's member alike: (its sweep's parent run id or
+    None, its tags, its checkpoint `resume.Backup`). Sets `job.backup_dir`."""
+    from . import manifest, names, provenance, resume, sweep
+
+    parent_run_id, sweep_tags = sweep.parent(job.sweep_dir, job.overrides, job.num)
+    if parent_run_id:  # the point's identity, by which a resumed sweep knows it is done (src/manifest.py)
+        sweep_tags[names.SWEEP_POINT] = manifest.point_hash(cfg)
+    # Checkpoint of the last finished epoch, in a folder a requeued SLURM job finds again.
+    backup = resume.for_run(cfg, backend_name, data_sha256, workdir, job.num)
+    job.backup_dir = backup.folder
+    if parent_run_id and backup.run_id is None:  # a new child: a rerun point without a checkpoint links its old run
+        if retried := sweep.retried(parent_run_id, sweep_tags[names.SWEEP_POINT]):
+            sweep_tags[names.SWEEP_RETRY_OF] = retried
+    tags = {**provenance.tags(job.choices, job.overrides, backend_name), **sweep_tags, names.DEVICE: device,
+            names.LOOP_RESOLVED: loop_name, names.OUTPUT_DIR: str(workdir.resolve()), names.BACKUP_DIR: str(backup.folder)}
+    return parent_run_id, tags, backup
+
+
 def resume_command(job: Job) -> str:
     """The command line that resumes `job`: its overrides, with trainer.backup_dir naming its checkpoint.
 
@@ -93,8 +112,7 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
     keras = backend.import_keras(chosen)
     import mlflow
 
-    from . import (batches, data, hardware, inputs, manifest, models, names, outbox, preflight, provenance,
-                   redaction, resume, runs, search, store, sweep)
+    from . import batches, data, hardware, inputs, models, names, outbox, preflight, redaction, runs, search, store
 
     models.check(cfg.model, cfg.optimizer)
     preflight.check_folder(workdir, "output folder", preflight.OUTPUT_FIX)
@@ -110,21 +128,10 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
     resolved = loop.resolve(cfg, chosen, ds)
     log.info("Training loop: %s (%s)", resolved.loop.value, resolved.why)
 
-    parent_run_id, sweep_tags = sweep.parent(job.sweep_dir, job.overrides, job.num)
-    if parent_run_id:  # the point's identity, by which a resumed sweep knows it is done (src/manifest.py)
-        sweep_tags[names.SWEEP_POINT] = manifest.point_hash(cfg)
-    # Checkpoint of the last finished epoch, in a folder a requeued SLURM job finds again.
-    backup = resume.for_run(cfg, chosen.value, ds.sha256, workdir, job.num)
-    job.backup_dir = backup.folder
+    parent_run_id, run_tags, backup = identify(cfg, job, chosen.value, ds.sha256, workdir, device, resolved.loop.value)
     # Said now, not at the end: after a kill -9 nothing else tells which folder holds what to resume.
     log.info("Output folder: %s\n  checkpoint of the last finished epoch: %s\n  if this run dies, resume it with: %s",
              workdir.resolve(), backup.folder, resume_command(job))
-    if parent_run_id and backup.run_id is None:  # a new child: a rerun point without a checkpoint links its old run
-        if retried := sweep.retried(parent_run_id, sweep_tags[names.SWEEP_POINT]):
-            sweep_tags[names.SWEEP_RETRY_OF] = retried
-    run_tags = {**provenance.tags(job.choices, job.overrides, chosen.value), **sweep_tags, names.DEVICE: device,
-                names.LOOP_RESOLVED: resolved.loop.value, names.OUTPUT_DIR: str(workdir.resolve()),
-                names.BACKUP_DIR: str(backup.folder)}
     # Records the store does not take (a server lost mid-run) are kept here, to import later.
     kept = outbox.Outbox(workdir / outbox.FILENAME)
     system_metrics = cfg.tracking.system_metrics_interval if cfg.tracking.system_metrics else None
