@@ -266,8 +266,10 @@ class HostWork:
         from . import runs
 
         with self._lock:
-            if finished:
-                self._state = (state, finished)
+            if finished:  # the newest state; a member finished earlier and not yet written is frozen in it
+                waiting = {i: (i, member, done) for i, member, done in (self._state[1] if self._state else [])}
+                waiting.update({i: (i, member, done) for i, member, done in finished})
+                self._state = (state, list(waiting.values()))
             for member, values in metrics:
                 self._metrics.setdefault(id(member), (member, []))[1].extend(values)
         self._futures.append(runs.send_later(self._flush))

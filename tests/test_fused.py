@@ -323,3 +323,36 @@ def test_sigterm_ends_every_member_killed_and_the_rerun_resumes_each_into_its_ow
     for point, r in resumed.items():
         assert r.info.status == "FINISHED"
         assert len(_history(client, r)) == epochs  # every epoch once: the checkpoint had what MLflow had
+
+
+def test_a_member_that_stopped_is_still_checkpointed_when_the_writer_was_behind():
+    """The writer takes the newest posted state: a member that finished its last epoch in an older post (early
+    stopping) must still get that checkpoint, from its frozen values in the newer state."""
+    import threading
+    from types import SimpleNamespace as NS
+
+    from src import fused, runs
+
+    written = {}
+
+    class Backup:
+        def __init__(self, name):
+            self.name = name
+
+        def commit_arrays(self, epochs, state):
+            written[self.name] = (len(epochs), state)
+
+    class Outbox:
+        def log_metrics(self, run_id, metrics):
+            pass
+
+    program = NS(member=lambda host, i: host[i])
+    early, late = (NS(backup=Backup(n), outbox=Outbox(), run_id=n, epochs=[{}] * 4) for n in ("early", "late"))
+    host = fused.HostWork(program)
+    gate = threading.Event()
+    runs.send_later(gate.wait)  # the writer is busy: both posts wait
+    host.post(np.array([3.0, 3.0]), [(0, early, 3), (1, late, 3)], [])
+    host.post(np.array([3.0, 4.0]), [(1, late, 4)], [])  # early stopped after epoch 3, frozen
+    gate.set()
+    host.drain()
+    assert written["early"] == (3, 3.0) and written["late"] == (4, 4.0)
