@@ -19,12 +19,12 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import synthetic
+from benchmarks.bench_fused import EPOCH_LINE
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_MS = 50.0
 HOST_LINE = re.compile(r"host work per epoch .* median ([\d.]+) ms for (\d+) member\(s\); the writer thread wrote "
                        r"(\d+) time\(s\) in (\d+) epoch\(s\) .* median (\d+) ms")
-EPOCH_LINE = re.compile(r"Group \d+ epoch (\d+)/\d+: (\d+) member\(s\) trained in ([\d.]+) s")
 
 
 def main() -> None:
