@@ -39,10 +39,11 @@ def _builder(data_dir, *overrides):
 
 
 @jax_only
-def test_a_fused_epoch_trains_each_member_as_its_lone_compiled_run(data_dir):
+@pytest.mark.parametrize("at_once", [None, 2, 3])  # all four vmapped (a GPU's default); two by two; 3 then 1
+def test_a_fused_epoch_trains_each_member_as_its_lone_compiled_run(data_dir, at_once):
     """Every member of a 4-point group (learning rate x seed, Dropout on) gets the per-epoch logs of the same point
-    trained alone by compiled.Epochs: its own order, initial weights, masks and learning rate, its own loss. Only the
-    reduction order of the batched matrix products under vmap may differ."""
+    trained alone by compiled.Epochs: its own order, initial weights, masks and learning rate, its own loss, however
+    many members are vmapped at once. Only the reduction order of the batched matrix products may differ."""
     import jax
 
     from src import compiled, vmapped
@@ -53,7 +54,7 @@ def test_a_fused_epoch_trains_each_member_as_its_lone_compiled_run(data_dir):
             for seed, lr in POINTS]
 
     members = [build(seed, lr) for seed, lr in POINTS]
-    program = vmapped.Program(members[0], ds, 64)
+    program = vmapped.Program(members[0], ds, 64, vmap_members=at_once)
     for m in members:
         program.build(m, program.rows("val"))
     state = program.stack([program.state_of(m) for m in members])
@@ -164,6 +165,20 @@ def test_points_group_by_what_one_program_can_carry_and_the_log_says_why():
     assert fused.plan(points[:1])[0] == [[0]]  # a single point: a group of one
 
 
+def test_a_cpu_vmaps_as_many_members_as_its_cache_holds_a_gpu_all_of_them():
+    from src.fused import CPU_VMAP_BYTES, vmap_members
+
+    mb = 2**20
+    assert vmap_members(None, 64, 3 * mb, on_cpu=False) == 64
+    assert vmap_members(None, 16, CPU_VMAP_BYTES // 4, on_cpu=True) == 4
+    assert vmap_members(None, 16, CPU_VMAP_BYTES // 5, on_cpu=True) == 4  # 5 fit: 4 chunks of 4, not 5/5/5/1
+    assert vmap_members(None, 7, CPU_VMAP_BYTES * 2, on_cpu=True) == 1  # one member over the cache: one at a time
+    assert vmap_members(None, 3, 1, on_cpu=True) == 3
+    assert vmap_members(8, 16, 3 * mb, on_cpu=False) == 8  # hydra.launcher.vmap_members, where it is given
+    assert vmap_members(6, 16, 3 * mb, on_cpu=True) == 6  # 3 chunks: 6/6/4
+    assert vmap_members(40, 16, 3 * mb, on_cpu=True) == 16
+
+
 def test_a_group_is_split_into_programs_that_fit_the_budget():
     from src import fused
 
@@ -203,6 +218,7 @@ def test_a_group_over_the_device_budget_runs_as_smaller_programs_and_says_so(dat
     (["backend=jax", "trainer.loop=fit"], "Fix: leave trainer.loop at auto"),
     (["backend=jax", "hardware.strategy=mirrored"], "Fix: hardware=gpu (one GPU) or hardware=auto"),
     (["backend=jax", "hydra/sweeper=optuna"], "Fix: drop hydra/launcher=fused to run the trials as they are"),
+    (["backend=jax", "hydra.launcher.vmap_members=0"], "Fix: a whole number >= 1, or null"),
 ])
 def test_the_fused_launcher_refuses_what_it_cannot_train_before_any_job(bad, fix, data_dir, store, experiment, tmp_path):
     from mlflow.tracking import MlflowClient

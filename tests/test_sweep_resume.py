@@ -10,7 +10,7 @@ import time
 
 import pytest
 from cli_runs import run, start
-from conftest import base_overrides
+from conftest import ROOT, base_overrides
 from mlflow.tracking import MlflowClient
 
 from src import compare, manifest, names
@@ -127,3 +127,31 @@ def test_plan_skips_finished_points_resumes_checkpoints_and_otherwise_starts_ane
     assert manifest.plan([child("KILLED", backup)]) == ("resume", str(backup))
     assert manifest.plan([child("FAILED", tmp_path / "gone")]) == ("new", None)
     assert manifest.plan([]) == ("new", None)
+
+
+def test_a_sweep_composes_each_point_once_and_hands_every_caller_its_own_copy():
+    """Hydra composes a point for its sweeper's check, the manifest and the launcher: the sweeper's loader composes
+    it once (~0.1 s a point) and gives each caller a copy to set its job number in."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.types import RunMode
+    from hydra_plugins.le5_sweep.sweeper import ComposedOnce
+    from omegaconf import OmegaConf, open_dict
+
+    from src import config
+
+    config.register()
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(ROOT / "conf")))
+    master = loader.load_configuration("config", ["seed=1,2"], RunMode.MULTIRUN)
+    composed = []
+    real = loader.load_sweep_config
+    loader.load_sweep_config = lambda *a: composed.append(a[1]) or real(*a)  # count what the real loader composes
+    once = ComposedOnce(loader)
+    first = once.load_sweep_config(master, ["seed=1"])
+    with open_dict(first):
+        first.hydra.job.num = 7
+    again, other = once.load_sweep_config(master, ["seed=1"]), once.load_sweep_config(master, ["seed=2"])
+    assert composed == [["seed=1"], ["seed=2"]]
+    assert again.seed == 1 and other.seed == 2
+    assert OmegaConf.select(again, "hydra.job.num", throw_on_missing=False) is None  # a copy, not the first caller's
+    assert once.get_sources() == loader.get_sources()  # the rest is the loader's own

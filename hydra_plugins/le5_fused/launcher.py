@@ -7,14 +7,14 @@ through it, Keras and JAX) only when a sweep is launched.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig
 
 
 class FusedLauncher(Launcher):
-    def __init__(self, **settings: Any) -> None:
+    def __init__(self, vmap_members: int | None = None) -> None:  # src/fused.py reads it from the config
         self.config: DictConfig | None = None
         self.hydra_context = None
         self.task_function = None
