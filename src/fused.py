@@ -12,8 +12,9 @@ The launcher (hydra_plugins/le5_fused) composes every point of the sweep, then:
    params, dataset inputs, checkpoint folder; a point given `trainer.backup_dir`, as src/manifest.py does for a
    point to resume, continues its run from its checkpoint) and builds its model under its own seed, as a lone run;
 3. trains each group with src/vmapped.py (one compiled call per epoch: `lax.scan` over batches of `jax.vmap` over
-   members; the data on the device once), a group of one included; the group is split when its members'
-   parameters and optimizer state do not fit hardware.device_data_budget beside the data (said in the log);
+   members, on a CPU a few members at a time (`vmap_members`); the data on the device once), a group of one
+   included; the group is split when its members' parameters and optimizer state do not fit
+   hardware.device_data_budget beside the data (said in the log);
 4. per epoch, on the host: one transfer of the members' logs; per member its MLflow metrics (step = epoch),
    NaN (that member's run fails, the others go on), Keras's EarlyStopping (a stopped member is frozen); its
    checkpoint and metrics are written by the sender thread (`HostWork`), off the training loop;

@@ -4,6 +4,7 @@ points not yet FINISHED, under the same MLflow parent run, in new job folders, a
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import signal
 import time
@@ -135,7 +136,6 @@ def test_a_sweep_composes_each_point_once_and_hands_every_caller_its_own_copy():
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.utils import create_config_search_path
     from hydra.types import RunMode
-    from hydra_plugins.le5_sweep.sweeper import ComposedOnce
     from omegaconf import OmegaConf, open_dict
 
     from src import config
@@ -143,6 +143,8 @@ def test_a_sweep_composes_each_point_once_and_hands_every_caller_its_own_copy():
     config.register()
     loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(ROOT / "conf")))
     master = loader.load_configuration("config", ["seed=1,2"], RunMode.MULTIRUN)
+    from hydra_plugins.le5_sweep.sweeper import ComposedOnce  # as Hydra's plugin scan (re)loaded it
+
     composed = []
     real = loader.load_sweep_config
     loader.load_sweep_config = lambda *a: composed.append(a[1]) or real(*a)  # count what the real loader composes
@@ -155,3 +157,6 @@ def test_a_sweep_composes_each_point_once_and_hands_every_caller_its_own_copy():
     assert again.seed == 1 and other.seed == 2
     assert OmegaConf.select(again, "hydra.job.num", throw_on_missing=False) is None  # a copy, not the first caller's
     assert once.get_sources() == loader.get_sources()  # the rest is the loader's own
+    loader.load_sweep_config = real
+    sent = pickle.loads(pickle.dumps(once))  # hydra-submitit-launcher pickles its launcher, loader included
+    assert sent.load_sweep_config(master, ["seed=2"]).seed == 2 and composed == [["seed=1"], ["seed=2"]]

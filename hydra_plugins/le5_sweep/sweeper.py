@@ -22,6 +22,8 @@ class ComposedOnce:
         self.loader, self.composed = loader, {}
 
     def __getattr__(self, name):  # everything else is the loader's own
+        if name in ("loader", "composed"):  # not set yet: unpickling (submitit sends the launcher to each job)
+            raise AttributeError(name)
         return getattr(self.loader, name)
 
     def load_sweep_config(self, master_config, sweep_overrides):
