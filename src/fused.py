@@ -239,6 +239,11 @@ class Member:
         return f"#{self.num}"
 
 
+def _history(m: Member) -> dict[str, list[float]]:
+    """A member's History.history: every finished epoch's logs, without the epoch times."""
+    return {k: [e[k] for e in m.epochs] for k in m.epochs[0] if k != names.EPOCH_TIME}
+
+
 class _Handle:
     """What Keras's EarlyStopping sees as its model, for one member: asking for the weights marks the member's state
     to be copied as its best (on the device, after the epoch's callbacks); setting them marks it to be restored."""
@@ -319,6 +324,106 @@ class HostWork:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# History plots, drawn beside the runs' ends
+
+
+class Plots:
+    """The members' history plots, drawn by worker processes (python -m src.plots) while this process ends the
+    runs one after another.
+
+    A plot is ~150 ms of matplotlib, a third of a member's end; the workers draw the next members' plots while this
+    process logs one member's results and model. Plain subprocesses, not multiprocessing: a fork after JAX's threads
+    started is unsafe, and a spawned child would import the launching script again. Started with the group's
+    training, so they are ready by its end; in their own session, so a Ctrl-C reaches only the launcher. A plot a
+    worker could not draw (it failed, died or hung) is drawn here: a run never lacks its plot."""
+
+    TIMEOUT_S = 120  # a worker's answer for one plot
+
+    def __init__(self, workers: int):
+        import concurrent.futures
+        import queue
+        import subprocess
+        import tempfile
+
+        from .paths import PROJECT_ROOT
+
+        self._folder = tempfile.TemporaryDirectory(prefix="le5-plots-")
+        self._pending: dict[int, tuple] = {}
+        self._warned = False
+        self._idle: queue.Queue = queue.Queue()
+        self._workers = []
+        try:
+            for _ in range(workers):
+                self._workers.append(subprocess.Popen(
+                    [sys.executable, "-m", "src.plots"], cwd=PROJECT_ROOT, stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, text=True, start_new_session=True))
+        except OSError as err:  # no processes to spare: the plots are drawn here
+            log.warning("Plot workers did not start (%s); drawing the plots in this process", err)
+        for worker in self._workers:
+            self._idle.put(worker)
+        # one thread per worker, waiting on its pipe (the GIL is free meanwhile)
+        self._threads = concurrent.futures.ThreadPoolExecutor(max(1, len(self._workers)), "le5-plots")
+
+    @staticmethod
+    def workers(members: int) -> int:
+        """A core for this process, the others (at most 8) for plots; at least one worker."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, min(members, 8, cores - 1))
+
+    def _draw(self, request: dict) -> Path:
+        worker = self._idle.get()  # as many threads as workers: one is free
+        try:
+            if worker.poll() is not None:
+                raise RuntimeError(f"the worker exited (status {worker.returncode})")
+            worker.stdin.write(json.dumps(request) + "\n")
+            worker.stdin.flush()
+            line = worker.stdout.readline()
+            if not line:
+                raise RuntimeError("the worker exited")
+            reply = json.loads(line)
+            if "error" in reply:
+                raise RuntimeError(reply["error"])
+            return Path(reply["path"])
+        finally:
+            self._idle.put(worker)
+
+    def submit(self, key: int, history: dict, title: str) -> None:
+        request = {"history": history, "path": str(Path(self._folder.name) / f"{key}.png"), "title": title}
+        future = self._threads.submit(self._draw, request) if self._workers else None
+        self._pending[key] = (future, history, title)
+
+    def take(self, key: int, path: Path) -> None:
+        """Write member `key`'s plot to `path`: the worker's figure, or one drawn here if no worker drew it."""
+        import shutil
+
+        from . import plots
+
+        future, history, title = self._pending.pop(key)
+        if future is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(future.result(timeout=self.TIMEOUT_S), path)
+                return
+            except Exception as err:  # noqa: BLE001 - a failed worker costs this plot's time, not the run
+                (log.debug if self._warned else log.warning)(
+                    "A plot worker did not draw job #%d's plot (%s: %s); drawing it in this process", key,
+                    type(err).__name__, err)
+                self._warned = True
+        plots.history(history, path, title=title)
+
+    def close(self) -> None:
+        """Stop the workers (their input closes: they exit) and remove what they drew and nobody took."""
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        for worker in self._workers:
+            try:
+                worker.stdin.close()
+                worker.wait(timeout=5)
+            except Exception:  # noqa: BLE001 - a worker stuck in a plot, or its pipe broken: it goes anyway
+                worker.kill()
+        self._folder.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The launcher
 
 
@@ -328,6 +433,7 @@ class Launch:
     def __init__(self, config: DictConfig, hydra_context, task_function):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         self.vmap_setting = OmegaConf.select(config, "hydra.launcher.vmap_members")
+        self.experiments: dict[tuple[str, str], str] = {}  # (tracking URI, experiment name) -> experiment id
 
     def run(self, job_overrides, initial_job_idx: int) -> list:
         from hydra.core.utils import configure_log, filter_overrides, setup_globals
@@ -414,21 +520,26 @@ class Launch:
             return
 
         from . import vmapped
+        from .train import plot_title
 
         sample = compiled.rows(ds.val)  # a batch of the dataset's device form, to build each member's variables
-        ready = []
-        for m in members:
+        ready, program = [], None
+        for n, m in enumerate(members):
             try:
                 self._setup(m, ds, chosen, device_text, scope, len(members), g)
                 vmapped.Program.build(m.model, sample)
                 m.state = vmapped.Program.state_of(m.model)
-                if ready:
-                    m.model = None  # its values are in m.state; the first member's model serves the group as template
-                ready.append(m)
             except Exception as err:  # this point's run fails; the others go on
                 m.error = err
                 self._end(m, "FAILED", f"{type(err).__name__}: {err}")
                 yield m, self._failed_return(m, err)
+                continue
+            if program is None:  # the first member's model serves the group as template
+                program = vmapped.Program(m.model, ds, first.trainer.batch_size, device)
+                self._compile_ahead(program, m.state, len(members) - n, budget, data_bytes, device.platform == "cpu")
+            else:
+                m.model = None  # its values are in m.state
+            ready.append(m)
         if not ready:
             return
         member_bytes = sum(v.nbytes for values in ready[0].state for v in values)
@@ -438,13 +549,17 @@ class Launch:
                      "(x%d copies) do not fit beside the data (%.1f MB) in the budget %.1f MB", g, len(chunks),
                      "/".join(str(len(c)) for c in chunks), len(ready), member_bytes / 1e6, MEMBER_COPIES,
                      data_bytes / 1e6, budget / 1e6)
+        drawn = Plots(Plots.workers(len(ready)))  # started now: ready when the first chunk ends
         try:
             for chunk in chunks:
                 at_once = vmap_members(self.vmap_setting, len(chunk), member_bytes, device.platform == "cpu")
-                program, state, test = self._train(chunk, ready[0].model, ds, device, g, at_once)
+                state, test = self._train(chunk, program, device, g, at_once)
+                for m in chunk:  # every plot on its way before the first run ends
+                    if m.epochs and not m.diverged:
+                        drawn.submit(m.num, _history(m), plot_title(m.cfg))
                 for i, m in enumerate(chunk):
                     yield m, self._finish(m, program, program.member(state, i),
-                                          {k: float(v[i]) for k, v in test.items()}, ds)
+                                          {k: float(v[i]) for k, v in test.items()}, ds, drawn)
         except BaseException as err:  # Ctrl-C, SIGTERM, a bug: every run of the group still open ends, with why
             interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
             from . import runs
@@ -458,6 +573,19 @@ class Launch:
                       "(checkpointed).\nResume the sweep (FINISHED points are skipped, the others continue their "
                       f"runs) with:\n  {self.resume_command()}", file=sys.stderr)
             raise
+        finally:
+            drawn.close()
+
+    def _compile_ahead(self, program, state: tuple, members: int, budget: int, data_bytes: int, on_cpu: bool) -> None:
+        """Start compiling the group's (first) program while the other members' runs are set up: ~3 s of XLA for
+        16 mnist_dense members here, off the critical path. Best effort: what fails here fails again, reported, when
+        the program runs."""
+        member_bytes = sum(v.nbytes for values in state for v in values)
+        size = len(split(list(range(members)), capacity(budget, data_bytes, member_bytes))[0])
+        try:
+            program.compile_ahead(size, vmap_members(self.vmap_setting, size, member_bytes, on_cpu))
+        except Exception as err:  # noqa: BLE001
+            log.debug("Not compiling ahead: %s: %s", type(err).__name__, err)
 
     def _alone(self, m: Member):
         """A point trained by itself (trainer.loop=compiled: data over the budget are streamed) as Hydra's job."""
@@ -471,6 +599,7 @@ class Launch:
     def _setup(self, m: Member, ds, chosen, device_text: str, scope, size: int, g: int) -> None:
         """What train() does before training, for one member: its run, tags, params, inputs, checkpoint, model."""
         import keras
+        import mlflow
         from hydra.core.utils import _save_config
         from mlflow.tracking import MlflowClient
 
@@ -486,13 +615,16 @@ class Launch:
             _save_config(cfg, "config.yaml", hydra_files)
             _save_config(m.config.hydra, "hydra.yaml", hydra_files)
             _save_config(m.config.hydra.overrides.task, "overrides.yaml", hydra_files)
-        experiment_id = store.connect(store.tracking_uri(cfg.tracking.tracking_uri), config.experiment_name(cfg))
-        client = MlflowClient()
+        where = (store.tracking_uri(cfg.tracking.tracking_uri), config.experiment_name(cfg))
+        if where not in self.experiments:  # once per store and experiment, not per member (~50 ms each)
+            self.experiments[where] = store.connect(*where)
+            liveness.reconcile(MlflowClient(), [self.experiments[where]])
+        mlflow.set_tracking_uri(where[0])  # what connect set; another group of the sweep may use another store
+        experiment_id, client = self.experiments[where], MlflowClient()
         parent_run_id, tags, m.backup = train.identify(cfg, job, chosen.value, ds.sha256, m.workdir, device_text,
                                                        Loop.compiled.value)
         tags.update({names.FUSED_GROUP: f"{job.sweep_dir.name}/{g}", names.FUSED_MEMBERS: str(size)})
         m.outbox = outbox.Outbox(m.workdir / outbox.FILENAME, client)
-        liveness.reconcile(client, [experiment_id])
         run = runs.open_member(client, experiment_id, job.name or cfg.model.name, tags, parent_run_id,
                                resume_run_id=m.backup.run_id)
         m.run_id = run.info.run_id
@@ -521,9 +653,9 @@ class Launch:
 
     # -- training -------------------------------------------------------------------------------------------
 
-    def _train(self, chunk: list[Member], template, ds, device, g: int, at_once: int):
-        """Train the chunk's members together (`at_once` of them vmapped at a time); returns (program, final stacked
-        state, test logs per member)."""
+    def _train(self, chunk: list[Member], program, device, g: int, at_once: int):
+        """Train the chunk's members together with `program` (`at_once` of them vmapped at a time); returns (final
+        stacked state, test logs per member)."""
         import jax
         import numpy as np
         from mlflow.entities import Metric
@@ -531,9 +663,8 @@ class Launch:
         from . import runs, vmapped
         from .callbacks import numeric_logs
 
-        program = vmapped.Program(template, ds, chunk[0].cfg.trainer.batch_size, device, vmap_members=at_once)
         for m in chunk:
-            m.handle = _Handle(template.metrics)
+            m.handle = _Handle(program.model.metrics)
             if m.stopper is not None:
                 m.stopper.set_model(m.handle)
                 m.stopper.on_train_begin()
@@ -555,7 +686,7 @@ class Launch:
                 epochs = [m.initial_epoch + step for m in chunk]
                 active = [m.active for m in chunk]
                 started = time.perf_counter()
-                state, train_logs, val_logs = program.epoch(state, keys, epochs, active)
+                state, train_logs, val_logs = program.epoch(state, keys, epochs, active, at_once)
                 train_logs, val_logs = jax.device_get((train_logs, val_logs))  # the one transfer of the epoch
                 seconds = time.perf_counter() - started
                 finished, metrics = self._epoch_end(chunk, epochs, active, train_logs, val_logs, seconds, total,
@@ -590,7 +721,7 @@ class Launch:
         finally:
             restore()
         test = program.evaluate(state, "test")
-        return program, state, test
+        return state, test
 
     def _epoch_end(self, chunk, epochs, active, train_logs, val_logs, seconds, total, numeric_logs, Metric):
         """Per member: its epoch's logs, NaN, early stopping; what to checkpoint and send."""
@@ -635,16 +766,16 @@ class Launch:
 
     # -- ending each member as Hydra's job --------------------------------------------------------------------
 
-    def _finish(self, m: Member, program, state, test: dict, ds):
+    def _finish(self, m: Member, program, state, test: dict, ds, drawn: Plots):
         from hydra.core.utils import run_job
 
         def task(_cfg):
-            return self._finish_run(m, program, state, test, ds)
+            return self._finish_run(m, program, state, test, ds, drawn)
 
         return run_job(hydra_context=self.hydra_context, task_function=task, config=m.config,
                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
-    def _finish_run(self, m: Member, program, state, test: dict, ds) -> float:
+    def _finish_run(self, m: Member, program, state, test: dict, ds, drawn: Plots) -> float:
         """What train() does after training, for one member: its result, artifacts, model, and its run's end."""
         from . import batches, config, runs, train
 
@@ -655,14 +786,15 @@ class Launch:
                 m.ended = True
                 if m.diverged:
                     train._raise_on_nan(m.this_start, cfg)
-                history = {k: [e[k] for e in m.epochs] for k in m.epochs[0] if k != names.EPOCH_TIME}
+                history = _history(m)
                 objective = config.objective(history[cfg.trainer.monitor], cfg.trainer.monitor)
                 runs.log_final_metrics(m.outbox, m.run_id, {**{f"test_{k}": v for k, v in test.items()},
                                                             names.objective(cfg.trainer.monitor): objective})
                 log.info("Job #%d test: %s", m.num, ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
                 program.assign(state)
                 predictions = train._predictions(program.model, batches.first(ds.test, 10), ds.test.y[:10])
-                train._log_artifacts(cfg, history, predictions, program.model, m.workdir, m.outbox, m.run_id)
+                train._log_artifacts(cfg, history, predictions, program.model, m.workdir, m.outbox, m.run_id,
+                                     plot=lambda path: drawn.take(m.num, path))
         except Exception:
             log.exception("Job #%d (run %s) failed", m.num, m.run_id)
             raise

@@ -23,6 +23,7 @@ def history(history: dict[str, list[float]], path: Path, title: str = "") -> Pat
         ax.set_title(metric)
         ax.grid(alpha=0.3)
         ax.legend()
+        ax.xaxis.get_major_locator().set_params(integer=True)  # epochs 1, 2, not 1.0, 1.2, ... (fewer labels to draw)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -70,3 +71,25 @@ def compare(histories: dict[str, dict[str, list[float]]], path: Path, title: str
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def serve(requests, replies) -> None:
+    """A plot worker (python -m src.plots, started by the fused launcher): one JSON request a line
+    ({"history", "path", "title"}), one JSON reply a line ({"path"} or {"error"}), until its input closes."""
+    import json
+
+    for line in requests:
+        try:
+            request = json.loads(line)
+            reply = {"path": str(history(request["history"], Path(request["path"]), request["title"]))}
+        except Exception as err:  # noqa: BLE001 - said to the launcher, which then draws the plot itself
+            reply = {"error": f"{type(err).__name__}: {err}"}
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+
+
+if __name__ == "__main__":
+    import sys
+
+    replies, sys.stdout = sys.stdout, sys.stderr  # a stray print cannot break the replies' lines
+    serve(sys.stdin, replies)

@@ -8,7 +8,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
+
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when PyYAML was built with it
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 # Names that must never reach MLflow as params, tags or artifacts.
 SECRET_MARKERS = ("TOKEN", "PASSWORD", "SECRET", "KEY")
@@ -68,8 +72,11 @@ def hydra_files(hydra_dir: Path, into: Path) -> Path:
 
     overrides.yaml and hydra.yaml hold the command line verbatim, `hydra.job.env_set` included.
     """
+    # Plain YAML in and out, as Hydra wrote them (OmegaConf's load and dump took ~65 ms a point; PyYAML's C
+    # parser ~10): interpolations are strings either way, and nothing here is resolved.
     into.mkdir(parents=True, exist_ok=True)
     for source in sorted(hydra_dir.glob("*.yaml")):
-        content = OmegaConf.to_container(OmegaConf.load(source), resolve=False)
-        (into / source.name).write_text(OmegaConf.to_yaml(OmegaConf.create(scrub(content))))
+        content = yaml.load(source.read_text(), Loader=_LOADER)
+        (into / source.name).write_text(yaml.dump(scrub(content), Dumper=_DUMPER, sort_keys=False,
+                                                  default_flow_style=False, allow_unicode=True))
     return into

@@ -241,15 +241,24 @@ def _predictions(model, x, y) -> str:
     return "\n".join(["index,label,predicted,confidence", *rows])
 
 
-def _log_artifacts(cfg, history, predictions, model, workdir: Path, kept, run_id: str) -> None:
-    """Written to a temporary folder first, so a failure never leaves a half-written artifact set."""
+def plot_title(cfg) -> str:
+    return f"{cfg.model.name} on {cfg.dataset.name}"
+
+
+def _log_artifacts(cfg, history, predictions, model, workdir: Path, kept, run_id: str, plot=None) -> None:
+    """Written to a temporary folder first, so a failure never leaves a half-written artifact set. `plot(path)`
+    writes the history figure there when it is drawn elsewhere (the fused launcher's plot workers)."""
     from . import plots, redaction
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "config.yaml").write_text(redaction.config_yaml(cfg))
         (tmp / "predictions.csv").write_text(predictions + "\n")
-        plots.history(history, tmp / "plots" / "history.png", title=f"{cfg.model.name} on {cfg.dataset.name}")
+        figure = tmp / "plots" / "history.png"
+        if plot is None:
+            plots.history(history, figure, title=plot_title(cfg))
+        else:
+            plot(figure)
         if (workdir / ".hydra").is_dir():  # scrubbed copies: the command line may hold a secret
             redaction.hydra_files(workdir / ".hydra", tmp / "hydra")
         kept.log_artifacts(run_id, tmp)

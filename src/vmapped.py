@@ -11,8 +11,8 @@ One call trains every member one epoch and validates it (src/compiled.py's seman
   step;
 - each step is the template's own Keras `train_step` under `jax.vmap` over (member state, member batch), so a
   member's loss and gradients are its own, never averaged with the others';
-- `vmap_members` members are vmapped at once (`jax.lax.map(..., batch_size=vmap_members)` over members of the
-  epoch's scan): all of them on a GPU, where one member leaves the card idle; a few on a CPU, whose cores one member
+- `at_once` members are vmapped at once (`jax.lax.map(..., batch_size=at_once)` over members of the epoch's
+  scan): all of them on a GPU, where one member leaves the card idle; a few on a CPU, whose cores one member
   already keeps busy, so that the members' weights, gradients and optimizer state stay in the cache (16 members of
   mnist_dense at once: 0.78 s per member-epoch; 4 at a time: 0.68 s, as alone; docs/fused.md);
 - validation runs `test_step` under `jax.vmap` over the states with the batches shared (in_axes=None);
@@ -22,11 +22,16 @@ results agree to ~1e-6 relative, not bit for bit (tests/test_fused.py).
 
 `active` freezes members: a member whose run has stopped (early stopping, NaN, its last epoch) keeps its
 state (`jnp.where`) while the others go on, so its results are those of its last trained epoch.
+
+`compile_ahead` compiles a program on a background thread from the template's shapes (XLA compiles without the
+GIL), so that the compilation overlaps what the host does meanwhile: setting up the members' runs.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -51,17 +56,18 @@ class Program:
     """The vmapped, compiled epochs of one group. `model`: a compiled Keras model of the group's structure (its
     variables' values are not used: every value comes from the members' stacked states)."""
 
-    def __init__(self, model: keras.Model, ds, batch_size: int, device=None, vmap_members: int | None = None):
+    def __init__(self, model: keras.Model, ds, batch_size: int, device=None):
         if keras.backend.backend() != "jax":
             raise RuntimeError("fused epochs need the JAX backend")  # the launcher refuses it earlier, with the fix
-        self.model, self.batch_size, self.vmap_members = model, batch_size, vmap_members
+        self.model, self.batch_size = model, batch_size
         self.device = device or jax.devices()[0]
         self._data = ds
         self._rows: dict[str, Rows] = {}
         self._resident: dict[str, tuple] = {}
-        self._epoch = jax.jit(self._train_and_validate, static_argnames=("width",))
+        self._epoch = jax.jit(self._train_and_validate, static_argnames=("width", "at_once"))
         self._evaluate = jax.jit(self._evaluate_all, static_argnames=("width",))
         self.select = jax.jit(_select)
+        self._ahead: dict[tuple, concurrent.futures.Future] = {}  # what compile_ahead started
 
     # The data, on the device once ------------------------------------------------------------------
 
@@ -150,7 +156,7 @@ class Program:
         state = self._batches(step, state, jnp.arange(x.shape[0]))  # one order, shared
         return jax.vmap(self._results)(state[2])
 
-    def _train_and_validate(self, state, keys, epochs, active, x, y, vx, vy, width=None):
+    def _train_and_validate(self, state, keys, epochs, active, x, y, vx, vy, width=None, at_once=None):
         trainable, non_trainable, optimizer = state
         members, n = keys.shape[0], x.shape[0]
         orders = jax.vmap(lambda k, e: jax.random.permutation(jax.random.fold_in(k, e), n))(keys, epochs)
@@ -163,7 +169,7 @@ class Program:
             return self._batches(step, s, order)
 
         start = (trainable, non_trainable, optimizer, self._fresh_metrics(members))
-        at_once = self.vmap_members or members
+        at_once = at_once or members
         if at_once >= members:
             end = jax.vmap(epoch)((start, orders))
         else:  # vmapped `at_once` at a time, the chunks one after another
@@ -177,21 +183,72 @@ class Program:
     def _evaluate_all(self, trainable, non_trainable, x, y, width=None):
         return self._validate(trainable, non_trainable, x, y, width)
 
+    # Compilation ahead ------------------------------------------------------------------------------
+
+    def compile_ahead(self, members: int, at_once: int | None = None) -> None:
+        """Compile the epoch (`at_once` members vmapped at a time) and the test evaluation for `members` members
+        on a background thread; epoch() and evaluate() with as many members take them (waiting if need be)."""
+        on = jax.sharding.SingleDeviceSharding(self.device)
+        spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=on)  # noqa: E731
+        state = jax.tree_util.tree_map(lambda a: spec((members, *a.shape), a.dtype), self.state_of(self.model))
+        keys = spec((members,), jax.random.key(0).dtype)
+        (x, y), (vx, vy), width, test = self.resident("train"), self.resident("val"), self.rows("train").width, \
+            self.rows("test")
+        work = {
+            ("epoch", members, at_once): lambda: self._epoch.lower(
+                state, keys, spec((members,), jnp.int32), spec((members,), jnp.bool_), x, y, vx, vy, width=width,
+                at_once=at_once).compile(),
+            ("test", members): lambda: self._evaluate.lower(
+                state[0], state[1], spec(test.x.shape, test.x.dtype), spec(test.y.shape, test.y.dtype),
+                width=test.width).compile(),
+        }
+        futures = {key: concurrent.futures.Future() for key in work}
+
+        def run():
+            for key, compile_it in work.items():
+                try:
+                    futures[key].set_result(compile_it())
+                except BaseException as err:  # noqa: BLE001 - the call compiles again, and raises it there
+                    futures[key].set_exception(err)
+
+        self._ahead.update(futures)
+        threading.Thread(target=run, name="fused-compile", daemon=True).start()
+
+    def _compiled(self, key: tuple):
+        """The executable compiled ahead for `key`, once ready; None if there is none or its compilation failed
+        (then jit compiles it in this thread, and raises the error here)."""
+        future = self._ahead.get(key)
+        if future is None:
+            return None
+        try:
+            return future.result()
+        except Exception as err:  # noqa: BLE001
+            log.debug("compiling %s ahead failed (%s: %s); compiling it now", key, type(err).__name__, err)
+            del self._ahead[key]
+            return None
+
     # One epoch, one evaluation -----------------------------------------------------------------------
 
-    def epoch(self, state, keys, epochs, active):
-        """Train every active member one epoch (member i's epoch number epochs[i]) and validate every member.
-        Returns (new state, train logs, validation logs): dicts of arrays with one value per member, on the device."""
-        train = self.rows("train")
+    def epoch(self, state, keys, epochs, active, at_once: int | None = None):
+        """Train every active member one epoch (member i's epoch number epochs[i]), `at_once` members vmapped at
+        a time (None: all), and validate every member. Returns (new state, train logs, validation logs): dicts of
+        arrays with one value per member, on the device."""
         (x, y), (vx, vy) = self.resident("train"), self.resident("val")
-        return self._epoch(state, keys, jnp.asarray(epochs, jnp.int32), jnp.asarray(active, bool), x, y, vx, vy,
-                           width=train.width)  # the splits of one dataset: one width
+        put = lambda a: jax.device_put(a, self.device)  # noqa: E731 - where the executables expect them
+        args = (state, put(keys), put(np.asarray(epochs, np.int32)), put(np.asarray(active, bool)), x, y, vx, vy)
+        ahead = self._compiled(("epoch", len(epochs), at_once))
+        if ahead is not None:
+            return ahead(*args)
+        return self._epoch(*args, width=self.rows("train").width, at_once=at_once)  # one dataset's splits: one width
 
     def evaluate(self, state, name: str = "test") -> dict:
         """Every member's metrics on the split `name` (like keras.Model.evaluate(return_dict=True))."""
         split = self.rows(name)
         x, y = self.resident(name)
+        ahead = self._compiled((name, state[0][0].shape[0]))
         try:
+            if ahead is not None:
+                return jax.device_get(ahead(state[0], state[1], x, y))
             return jax.device_get(self._evaluate(state[0], state[1], x, y, width=split.width))
         finally:
             self.release(name)

@@ -7,6 +7,8 @@ synthetic files of conftest.py, real SQLite stores, real Hydra multiruns in subp
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -39,11 +41,13 @@ def _builder(data_dir, *overrides):
 
 
 @jax_only
-@pytest.mark.parametrize("at_once", [None, 2, 3])  # all four vmapped (a GPU's default); two by two; 3 then 1
-def test_a_fused_epoch_trains_each_member_as_its_lone_compiled_run(data_dir, at_once):
+@pytest.mark.parametrize("at_once, ahead", [(None, False), (2, False), (3, True), (None, True)])
+def test_a_fused_epoch_trains_each_member_as_its_lone_compiled_run(data_dir, at_once, ahead):
     """Every member of a 4-point group (learning rate x seed, Dropout on) gets the per-epoch logs of the same point
     trained alone by compiled.Epochs: its own order, initial weights, masks and learning rate, its own loss, however
-    many members are vmapped at once. Only the reduction order of the batched matrix products may differ."""
+    many members are vmapped at once (all, the GPU's default; two by two; 3 then 1) and whether the program was
+    compiled ahead (on a background thread) or at its first call. Only the reduction order of the batched matrix
+    products may differ."""
     import jax
 
     from src import compiled, vmapped
@@ -54,15 +58,24 @@ def test_a_fused_epoch_trains_each_member_as_its_lone_compiled_run(data_dir, at_
             for seed, lr in POINTS]
 
     members = [build(seed, lr) for seed, lr in POINTS]
-    program = vmapped.Program(members[0], ds, 64, vmap_members=at_once)
-    for m in members:
+    program = vmapped.Program(members[0], ds, 64)
+    program.build(members[0], program.rows("val"))
+    if ahead:  # while the other members are built, as the launcher does
+        program.compile_ahead(len(POINTS), at_once)
+    for m in members[1:]:
         program.build(m, program.rows("val"))
     state = program.stack([program.state_of(m) for m in members])
     keys = program.keys([seed for seed, _ in POINTS])
     fused = []
     for epoch in range(epochs):
-        state, train, val = program.epoch(state, keys, [epoch] * len(POINTS), [True] * len(POINTS))
+        state, train, val = program.epoch(state, keys, [epoch] * len(POINTS), [True] * len(POINTS), at_once)
         fused.append(jax.device_get((train, val)))
+    if ahead:  # the executables compiled ahead ran (a failed one would have been dropped for jit's)
+        assert {("epoch", len(POINTS), at_once), ("test", len(POINTS))} <= set(program._ahead)
+        test = program.evaluate(state)
+        again = vmapped.Program(members[0], ds, 64).evaluate(state)  # compiled at its call
+        for key, values in again.items():
+            np.testing.assert_allclose(test[key], values, rtol=1e-6)
     for i, history in enumerate(lone):
         for epoch, (train, val) in enumerate(fused):
             assert float(train["loss"][i]) == pytest.approx(history["loss"][epoch], rel=1e-5), (i, epoch)
@@ -134,6 +147,9 @@ def test_a_fused_sweep_records_each_point_as_its_own_run_and_resumes(data_dir, s
         assert {"test_loss", "test_accuracy", "best_val_loss"} <= set(child.data.metrics)
         assert {"config.yaml", "predictions.csv", "plots"} <= {a.path for a in client.list_artifacts(child.info.run_id)}
     assert len({r.data.metrics["val_loss"] for r in children}) == 4  # four different trainings
+    plots = {Path(client.download_artifacts(r.info.run_id, "plots/history.png", str(tmp_path))).read_bytes()
+             for r in children}  # drawn by the plot workers: each run its own
+    assert len(plots) == 4
     import mlflow
 
     from src import data
@@ -372,3 +388,31 @@ def test_a_member_that_stopped_is_still_checkpointed_when_the_writer_was_behind(
     gate.set()
     host.drain()
     assert written["early"] == (3, 3.0) and written["late"] == (4, 4.0)
+
+
+def test_plot_workers_draw_the_figure_a_run_would_draw_and_a_dead_worker_costs_only_time(tmp_path):
+    """The fused launcher's plot workers (python -m src.plots) draw byte for byte what src.plots draws in-process,
+    each member its own; with every worker killed, each plot is still drawn, here."""
+    from src import fused, plots
+
+    histories = {n: {"loss": [0.5, 0.4 - n / 100], "val_loss": [0.45, 0.41], "accuracy": [0.8, 0.9],
+                     "val_accuracy": [0.82, 0.85 + n / 100]} for n in range(3)}
+    drawn = fused.Plots(2)
+    try:
+        for n, history in histories.items():
+            drawn.submit(n, history, f"job {n}")
+        for n, history in histories.items():
+            drawn.take(n, tmp_path / "workers" / f"{n}.png")
+            plots.history(history, tmp_path / "here" / f"{n}.png", title=f"job {n}")
+            assert (tmp_path / "workers" / f"{n}.png").read_bytes() == (tmp_path / "here" / f"{n}.png").read_bytes()
+        assert len({(tmp_path / "workers" / f"{n}.png").read_bytes() for n in histories}) == 3
+
+        for worker in drawn._workers:
+            worker.kill()
+            worker.wait()
+        drawn.submit(9, histories[0], "job 0")
+        drawn.take(9, tmp_path / "after" / "9.png")
+        assert (tmp_path / "after" / "9.png").read_bytes() == (tmp_path / "here" / "0.png").read_bytes()
+    finally:
+        drawn.close()
+    assert all(worker.poll() is not None for worker in drawn._workers)

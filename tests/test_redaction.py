@@ -115,7 +115,8 @@ def test_hydra_files_copies_every_yaml_scrubbed_and_verbatim_otherwise(tmp_path)
     (hydra_dir / "hydra.yaml").write_text(
         "hydra:\n  run:\n    dir: outputs/${now:%Y}\n  job:\n    env_set:\n      LE5_KEY: k9\n      OTHER: v\n"
     )
-    (hydra_dir / "config.yaml").write_text("seed: 1\nepochs: ${seed}\ntracking:\n  api_token: tok123\n")
+    (hydra_dir / "config.yaml").write_text(
+        "seed: 1\nepochs: ${seed}\ntracking:\n  api_token: tok123\nrate: 1.0e-05\ntag: 'yes'\nnote: null\n")
     (hydra_dir / "notes.txt").write_text("password=plain")
     into = tmp_path / "a" / "b"  # its parents do not exist yet
 
@@ -127,7 +128,8 @@ def test_hydra_files_copies_every_yaml_scrubbed_and_verbatim_otherwise(tmp_path)
     assert yaml.safe_load((into / "hydra.yaml").read_text()) == {
         "hydra": {"run": {"dir": "outputs/${now:%Y}"}, "job": {"env_set": {"OTHER": "v"}}}
     }
-    assert yaml.safe_load((into / "config.yaml").read_text()) == {"seed": 1, "epochs": "${seed}", "tracking": {}}
+    assert yaml.safe_load((into / "config.yaml").read_text()) == {  # every value as YAML read it, types included
+        "seed": 1, "epochs": "${seed}", "tracking": {}, "rate": 1e-05, "tag": "yes", "note": None}
 
     # Again into the same folder (a resumed run logs them again): overwritten, no error
     (hydra_dir / "config.yaml").write_text("seed: 2\n")
