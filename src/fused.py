@@ -11,6 +11,7 @@ The launcher (hydra_plugins/le5_fused) composes every point of the sweep, then:
 2. sets up each member's run as `src.train.train` does (its own MLflow child run under the sweep's parent, tags,
    params, dataset inputs, checkpoint folder; a point given `trainer.backup_dir`, as src/manifest.py does for a
    point to resume, continues its run from its checkpoint) and builds its model under its own seed, as a lone run;
+   the group's program compiles on a background thread meanwhile, from the first member's shapes;
 3. trains each group with src/vmapped.py (one compiled call per epoch: `lax.scan` over batches of `jax.vmap` over
    members, on a CPU a few members at a time (`vmap_members`); the data on the device once), a group of one
    included; the group is split when its members' parameters and optimizer state do not fit
@@ -19,7 +20,8 @@ The launcher (hydra_plugins/le5_fused) composes every point of the sweep, then:
    NaN (that member's run fails, the others go on), Keras's EarlyStopping (a stopped member is frozen); its
    checkpoint and metrics are written by the sender thread (`HostWork`), off the training loop;
 5. ends each member as Hydra's own job (hydra.core.utils.run_job: its output folder, .hydra files, JobReturn):
-   test metrics, objective, predictions, history plot, config, logged model, run FINISHED (or FAILED).
+   test metrics, objective, predictions, history plot (drawn by worker processes meanwhile: `Plots`), config,
+   logged model, run FINISHED (or FAILED).
 
 Ctrl-C / SIGTERM ends every open member's run KILLED after its last finished epoch is checkpointed and logged;
 rerunning the sweep's command (same hydra.sweep.dir) skips FINISHED points and resumes the others, each into
