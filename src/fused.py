@@ -20,7 +20,7 @@ The launcher (hydra_plugins/le5_fused) composes every point of the sweep, then:
    NaN (that member's run fails, the others go on), Keras's EarlyStopping (a stopped member is frozen); its
    checkpoint and metrics are written by the sender thread (`HostWork`), off the training loop;
 5. ends each member as Hydra's own job (hydra.core.utils.run_job: its output folder, .hydra files, JobReturn):
-   test metrics, objective, predictions, history plot (drawn by worker processes meanwhile: `Plots`), config,
+   test metrics, objective, predictions, history plot (drawn by worker processes meanwhile: `plots.Workers`), config,
    logged model, run FINISHED (or FAILED).
 
 Ctrl-C / SIGTERM ends every open member's run KILLED after its last finished epoch is checkpointed and logged;
@@ -326,106 +326,6 @@ class HostWork:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# History plots, drawn beside the runs' ends
-
-
-class Plots:
-    """The members' history plots, drawn by worker processes (python -m src.plots) while this process ends the
-    runs one after another.
-
-    A plot is ~150 ms of matplotlib, a third of a member's end; the workers draw the next members' plots while this
-    process logs one member's results and model. Plain subprocesses, not multiprocessing: a fork after JAX's threads
-    started is unsafe, and a spawned child would import the launching script again. Started with the group's
-    training, so they are ready by its end; in their own session, so a Ctrl-C reaches only the launcher. A plot a
-    worker could not draw (it failed, died or hung) is drawn here: a run never lacks its plot."""
-
-    TIMEOUT_S = 120  # a worker's answer for one plot
-
-    def __init__(self, workers: int):
-        import concurrent.futures
-        import queue
-        import subprocess
-        import tempfile
-
-        from .paths import PROJECT_ROOT
-
-        self._folder = tempfile.TemporaryDirectory(prefix="le5-plots-")
-        self._pending: dict[int, tuple] = {}
-        self._warned = False
-        self._idle: queue.Queue = queue.Queue()
-        self._workers = []
-        try:
-            for _ in range(workers):
-                self._workers.append(subprocess.Popen(
-                    [sys.executable, "-m", "src.plots"], cwd=PROJECT_ROOT, stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE, text=True, start_new_session=True))
-        except OSError as err:  # no processes to spare: the plots are drawn here
-            log.warning("Plot workers did not start (%s); drawing the plots in this process", err)
-        for worker in self._workers:
-            self._idle.put(worker)
-        # one thread per worker, waiting on its pipe (the GIL is free meanwhile)
-        self._threads = concurrent.futures.ThreadPoolExecutor(max(1, len(self._workers)), "le5-plots")
-
-    @staticmethod
-    def workers(members: int) -> int:
-        """A core for this process, the others (at most 8) for plots; at least one worker."""
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return max(1, min(members, 8, cores - 1))
-
-    def _draw(self, request: dict) -> Path:
-        worker = self._idle.get()  # as many threads as workers: one is free
-        try:
-            if worker.poll() is not None:
-                raise RuntimeError(f"the worker exited (status {worker.returncode})")
-            worker.stdin.write(json.dumps(request) + "\n")
-            worker.stdin.flush()
-            line = worker.stdout.readline()
-            if not line:
-                raise RuntimeError("the worker exited")
-            reply = json.loads(line)
-            if "error" in reply:
-                raise RuntimeError(reply["error"])
-            return Path(reply["path"])
-        finally:
-            self._idle.put(worker)
-
-    def submit(self, key: int, history: dict, title: str) -> None:
-        request = {"history": history, "path": str(Path(self._folder.name) / f"{key}.png"), "title": title}
-        future = self._threads.submit(self._draw, request) if self._workers else None
-        self._pending[key] = (future, history, title)
-
-    def take(self, key: int, path: Path) -> None:
-        """Write member `key`'s plot to `path`: the worker's figure, or one drawn here if no worker drew it."""
-        import shutil
-
-        from . import plots
-
-        future, history, title = self._pending.pop(key)
-        if future is not None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(future.result(timeout=self.TIMEOUT_S), path)
-                return
-            except Exception as err:  # noqa: BLE001 - a failed worker costs this plot's time, not the run
-                (log.debug if self._warned else log.warning)(
-                    "A plot worker did not draw job #%d's plot (%s: %s); drawing it in this process", key,
-                    type(err).__name__, err)
-                self._warned = True
-        plots.history(history, path, title=title)
-
-    def close(self) -> None:
-        """Stop the workers (their input closes: they exit) and remove what they drew and nobody took."""
-        self._threads.shutdown(wait=False, cancel_futures=True)
-        for worker in self._workers:
-            try:
-                worker.stdin.close()
-                worker.wait(timeout=5)
-            except Exception:  # noqa: BLE001 - a worker stuck in a plot, or its pipe broken: it goes anyway
-                worker.kill()
-        self._folder.cleanup()
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The launcher
 
 
@@ -521,7 +421,7 @@ class Launch:
                 yield m, self._alone(m)
             return
 
-        from . import vmapped
+        from . import plots, vmapped
         from .train import plot_title
 
         sample = compiled.rows(ds.val)  # a batch of the dataset's device form, to build each member's variables
@@ -551,7 +451,7 @@ class Launch:
                      "(x%d copies) do not fit beside the data (%.1f MB) in the budget %.1f MB", g, len(chunks),
                      "/".join(str(len(c)) for c in chunks), len(ready), member_bytes / 1e6, MEMBER_COPIES,
                      data_bytes / 1e6, budget / 1e6)
-        drawn = Plots(Plots.workers(len(ready)))  # started now: ready when the first chunk ends
+        drawn = plots.Workers(plots.Workers.count(len(ready)))  # started now: ready when the first chunk ends
         try:
             for chunk in chunks:
                 at_once = vmap_members(self.vmap_setting, len(chunk), member_bytes, device.platform == "cpu")
@@ -768,7 +668,7 @@ class Launch:
 
     # -- ending each member as Hydra's job --------------------------------------------------------------------
 
-    def _finish(self, m: Member, program, state, test: dict, ds, drawn: Plots):
+    def _finish(self, m: Member, program, state, test: dict, ds, drawn):
         from hydra.core.utils import run_job
 
         def task(_cfg):
@@ -777,7 +677,7 @@ class Launch:
         return run_job(hydra_context=self.hydra_context, task_function=task, config=m.config,
                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
-    def _finish_run(self, m: Member, program, state, test: dict, ds, drawn: Plots) -> float:
+    def _finish_run(self, m: Member, program, state, test: dict, ds, drawn) -> float:
         """What train() does after training, for one member: its result, artifacts, model, and its run's end."""
         from . import batches, config, runs, train
 
