@@ -451,8 +451,9 @@ class Launch:
                      "(x%d copies) do not fit beside the data (%.1f MB) in the budget %.1f MB", g, len(chunks),
                      "/".join(str(len(c)) for c in chunks), len(ready), member_bytes / 1e6, MEMBER_COPIES,
                      data_bytes / 1e6, budget / 1e6)
-        drawn = plots.Workers(plots.Workers.count(len(ready)))  # started now: ready when the first chunk ends
+        drawn = None
         try:
+            drawn = plots.Workers(plots.Workers.count(len(ready)))  # started now: ready when the first chunk ends
             for chunk in chunks:
                 at_once = vmap_members(self.vmap_setting, len(chunk), member_bytes, device.platform == "cpu")
                 state, test = self._train(chunk, program, device, g, at_once)
@@ -476,7 +477,8 @@ class Launch:
                       f"runs) with:\n  {self.resume_command()}", file=sys.stderr)
             raise
         finally:
-            drawn.close()
+            if drawn is not None:
+                drawn.close()
 
     def _compile_ahead(self, program, state: tuple, members: int, budget: int, data_bytes: int, on_cpu: bool) -> None:
         """Start compiling the group's (first) program while the other members' runs are set up: ~3 s of XLA for
