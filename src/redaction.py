@@ -73,7 +73,7 @@ def hydra_files(hydra_dir: Path, into: Path) -> Path:
     overrides.yaml and hydra.yaml hold the command line verbatim, `hydra.job.env_set` included.
     """
     # Plain YAML in and out, as Hydra wrote them (OmegaConf's load and dump took ~65 ms a point; PyYAML's C
-    # parser ~10): interpolations are strings either way, and nothing here is resolved.
+    # parser ~4): interpolations are strings either way, and nothing here is resolved.
     into.mkdir(parents=True, exist_ok=True)
     for source in sorted(hydra_dir.glob("*.yaml")):
         content = yaml.load(source.read_text(), Loader=_LOADER)
