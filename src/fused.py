@@ -329,6 +329,15 @@ class HostWork:
 # The launcher
 
 
+def _compiled_model(cfg, ds):
+    """The point's Keras model, compiled as a lone run compiles it."""
+    from . import models
+
+    model = models.build_model(cfg.model, ds.spec)
+    model.compile(optimizer=models.build_optimizer(cfg.optimizer), loss=ds.spec.loss, metrics=["accuracy"])
+    return model
+
+
 class Launch:
     """One `launch` of the fused launcher: its points, grouped, trained, each ended as its own Hydra job."""
 
@@ -336,6 +345,7 @@ class Launch:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         self.vmap_setting = OmegaConf.select(config, "hydra.launcher.vmap_members")
         self.experiments: dict[tuple[str, str], str] = {}  # (tracking URI, experiment name) -> experiment id
+        self.unfinished: dict[str, dict[str, str]] = {}  # parent run id -> its children that did not finish, by point
 
     def run(self, job_overrides, initial_job_idx: int) -> list:
         from hydra.core.utils import configure_log, filter_overrides, setup_globals
@@ -426,6 +436,11 @@ class Launch:
 
         sample = compiled.rows(ds.val)  # a batch of the dataset's device form, to build each member's variables
         ready, program = [], None
+        template = self._template(first, ds, scope, sample)
+        if template is not None:  # compiling from now on, beside every member's set-up
+            program = vmapped.Program(template, ds, first.trainer.batch_size, device)
+            self._compile_ahead(program, vmapped.Program.state_of(template), len(members), budget, data_bytes,
+                                device.platform == "cpu")
         for n, m in enumerate(members):
             try:
                 self._setup(m, ds, chosen, device_text, scope, len(members), g)
@@ -436,7 +451,7 @@ class Launch:
                 self._end(m, "FAILED", f"{type(err).__name__}: {err}")
                 yield m, self._failed_return(m, err)
                 continue
-            if program is None:  # the first member's model serves the group as template
+            if program is None:  # no template could be built: the first member's model serves as one
                 program = vmapped.Program(m.model, ds, first.trainer.batch_size, device)
                 self._compile_ahead(program, m.state, len(members) - n, budget, data_bytes, device.platform == "cpu")
             else:
@@ -480,6 +495,22 @@ class Launch:
             if drawn is not None:
                 drawn.close()
 
+    @staticmethod
+    def _template(cfg, ds, scope, sample):
+        """The group's template model, built before any member's run opens so that the program compiles while
+        they are set up; None if it cannot be built (then the first member's run fails with why, and the first
+        member that builds serves as the template)."""
+        from . import vmapped
+
+        try:
+            with scope:
+                model = _compiled_model(cfg, ds)
+            vmapped.Program.build(model, sample)
+            return model
+        except Exception as err:  # noqa: BLE001 - reported on the members' runs
+            log.debug("No template model: %s: %s", type(err).__name__, err)
+            return None
+
     def _compile_ahead(self, program, state: tuple, members: int, budget: int, data_bytes: int, on_cpu: bool) -> None:
         """Start compiling the group's (first) program while the other members' runs are set up: ~3 s of XLA for
         16 mnist_dense members here, off the critical path. Best effort: what fails here fails again, reported, when
@@ -490,6 +521,15 @@ class Launch:
             program.compile_ahead(size, vmap_members(self.vmap_setting, size, member_bytes, on_cpu))
         except Exception as err:  # noqa: BLE001
             log.debug("Not compiling ahead: %s: %s", type(err).__name__, err)
+
+    def _unfinished(self, parent_run_id: str) -> dict[str, str]:
+        """The sweep's earlier children that did not finish, searched once for all members (~35 ms a search): asked
+        before this launch opened any run, so a member never counts another's new run."""
+        from . import sweep
+
+        if parent_run_id not in self.unfinished:
+            self.unfinished[parent_run_id] = sweep.unfinished(parent_run_id)
+        return self.unfinished[parent_run_id]
 
     def _alone(self, m: Member):
         """A point trained by itself (trainer.loop=compiled: data over the budget are streamed) as Hydra's job."""
@@ -507,7 +547,7 @@ class Launch:
         from hydra.core.utils import _save_config
         from mlflow.tracking import MlflowClient
 
-        from . import backend, config, inputs, liveness, models, outbox, preflight, redaction, runs, store, train
+        from . import backend, config, inputs, liveness, outbox, preflight, redaction, runs, store, train
 
         cfg, job = m.cfg, m.job
         config.validate(cfg, job.choices)
@@ -526,7 +566,7 @@ class Launch:
         mlflow.set_tracking_uri(where[0])  # what connect set; another group of the sweep may use another store
         experiment_id, client = self.experiments[where], MlflowClient()
         parent_run_id, tags, m.backup = train.identify(cfg, job, chosen.value, ds.sha256, m.workdir, device_text,
-                                                       Loop.compiled.value)
+                                                       Loop.compiled.value, unfinished=self._unfinished)
         tags.update({names.FUSED_GROUP: f"{job.sweep_dir.name}/{g}", names.FUSED_MEMBERS: str(size)})
         m.outbox = outbox.Outbox(m.workdir / outbox.FILENAME, client)
         run = runs.open_member(client, experiment_id, job.name or cfg.model.name, tags, parent_run_id,
@@ -541,8 +581,7 @@ class Launch:
 
         with scope:  # its model as a lone run builds it: under its own seed
             backend.set_random_seed(chosen, cfg.seed)
-            model = models.build_model(cfg.model, ds.spec)
-            model.compile(optimizer=models.build_optimizer(cfg.optimizer), loss=ds.spec.loss, metrics=["accuracy"])
+            model = _compiled_model(cfg, ds)
             m.initial_epoch = m.backup.restore(model)
         m.epochs = list(m.backup.epochs)
         m.model = model

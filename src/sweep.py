@@ -53,16 +53,19 @@ def parent(sweep_dir: Path | None, overrides: list[str], job_num: int | None) ->
     return record["run_id"], {names.SWEEP_OVERRIDES: json.dumps(list(overrides)), names.SWEEP_JOB_NUM: str(job_num)}
 
 
-def retried(parent_run_id: str, point: str) -> str | None:
-    """The latest earlier child of this point that did not finish (a rerun of the point retries it), else None."""
+def unfinished(parent_run_id: str, point: str | None = None) -> dict[str, str]:
+    """{point hash: the latest earlier child of that point that did not finish} over the parent's children (only
+    `point`'s when given): the runs that a rerun of those points retries."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     experiment_id = client.get_run(parent_run_id).info.experiment_id
-    earlier = store.search_runs(client, [experiment_id], f"tags.{names.PARENT_RUN} = '{parent_run_id}' and "
-                                                         f"tags.{names.SWEEP_POINT} = '{point}'")
-    unfinished = [r for r in earlier if r.info.status != "FINISHED"]
-    return unfinished[-1].info.run_id if unfinished else None
+    query = f"tags.{names.PARENT_RUN} = '{parent_run_id}'"
+    if point is not None:
+        query += f" and tags.{names.SWEEP_POINT} = '{point}'"
+    earlier = store.search_runs(client, [experiment_id], query)  # oldest first: the latest wins
+    return {r.data.tags[names.SWEEP_POINT]: r.info.run_id for r in earlier
+            if r.info.status != "FINISHED" and names.SWEEP_POINT in r.data.tags}
 
 
 def manifest_resume(command: list[str] | None, sweep_dir: Path) -> str:

@@ -71,9 +71,12 @@ def main(cfg: DictConfig) -> float:
         sys.exit(130)
 
 
-def identify(cfg, job: Job, backend_name: str, data_sha256: str, workdir: Path, device: str, loop_name: str):
+def identify(cfg, job: Job, backend_name: str, data_sha256: str, workdir: Path, device: str, loop_name: str,
+             unfinished=None):
     """What a run is before it opens, for a lone run and a fused group's member alike: (its sweep's parent run id or
-    None, its tags, its checkpoint `resume.Backup`). Sets `job.backup_dir`."""
+    None, its tags, its checkpoint `resume.Backup`). Sets `job.backup_dir`. `unfinished(parent_run_id)` gives the
+    parent's children that did not finish, by point (default: a search for this point's; a fused group searches
+    once for all its members)."""
     from . import manifest, names, provenance, resume, sweep
 
     parent_run_id, sweep_tags = sweep.parent(job.sweep_dir, job.overrides, job.num)
@@ -83,8 +86,10 @@ def identify(cfg, job: Job, backend_name: str, data_sha256: str, workdir: Path, 
     backup = resume.for_run(cfg, backend_name, data_sha256, workdir, job.num)
     job.backup_dir = backup.folder
     if parent_run_id and backup.run_id is None:  # a new child: a rerun point without a checkpoint links its old run
-        if retried := sweep.retried(parent_run_id, sweep_tags[names.SWEEP_POINT]):
-            sweep_tags[names.SWEEP_RETRY_OF] = retried
+        point = sweep_tags[names.SWEEP_POINT]
+        earlier = unfinished(parent_run_id) if unfinished else sweep.unfinished(parent_run_id, point)
+        if point in earlier:
+            sweep_tags[names.SWEEP_RETRY_OF] = earlier[point]
     tags = {**provenance.tags(job.choices, job.overrides, backend_name), **sweep_tags, names.DEVICE: device,
             names.LOOP_RESOLVED: loop_name, names.OUTPUT_DIR: str(workdir.resolve()), names.BACKUP_DIR: str(backup.folder)}
     return parent_run_id, tags, backup

@@ -167,6 +167,19 @@ def test_a_fused_sweep_records_each_point_as_its_own_run_and_resumes(data_dir, s
     assert "4 point(s) already FINISHED (skipped), 0 to run" in again.stdout + again.stderr
     assert len(client.search_runs([parent.info.experiment_id])) == 5  # nothing recorded twice
 
+    # A point whose run did not finish and left no checkpoint (a FINISHED run's is gone) runs anew, as a new run
+    # that names the one it retries.
+    old = children[0]
+    client.set_terminated(old.info.run_id, "FAILED")
+    retry = run_cli(command, timeout=600)
+    assert retry.returncode == 0, retry.stderr[-3000:]
+    assert "3 point(s) already FINISHED (skipped), 1 to run" in retry.stdout + retry.stderr
+    [new] = [r for r in client.search_runs([parent.info.experiment_id]) if r.info.run_id not in
+             {parent.info.run_id, *(c.info.run_id for c in children)}]
+    assert new.info.status == "FINISHED" and new.data.tags[names.SWEEP_RETRY_OF] == old.info.run_id
+    assert new.data.tags[names.SWEEP_POINT] == old.data.tags[names.SWEEP_POINT]
+    assert not any(names.SWEEP_RETRY_OF in c.data.tags for c in children)  # first runs retry nothing
+
 
 def test_points_group_by_what_one_program_can_carry_and_the_log_says_why():
     from src import fused

@@ -104,6 +104,35 @@ def test_only_the_point_that_raised_runs_again(data_dir, store, experiment, tmp_
     finished_once_each(children, 2)
 
 
+def test_a_rerun_point_retries_the_latest_of_its_runs_that_did_not_finish(store, experiment):
+    """sweep.unfinished: what a rerun point's new run names as the run it retries (tag sweep.retry_of), for one
+    point (a lone job) or every point at once (a fused group)."""
+    from src import sweep
+
+    client = MlflowClient(store)
+    experiment_id = client.create_experiment(experiment)
+    parent = client.create_run(experiment_id, start_time=1000).info.run_id
+    other = client.create_run(experiment_id, start_time=1000).info.run_id
+
+    def child(point: str, status: str, start: int, of: str = parent) -> str:
+        run_id = client.create_run(experiment_id, start_time=start, tags={names.PARENT_RUN: of,
+                                                                          names.SWEEP_POINT: point}).info.run_id
+        if status != "RUNNING":
+            client.set_terminated(run_id, status)
+        return run_id
+
+    child("a", "FAILED", 2000)
+    latest_a = child("a", "KILLED", 3000)
+    child("b", "FINISHED", 2500)
+    running_c = child("c", "RUNNING", 2600)
+    child("d", "FAILED", 2700, of=other)  # another sweep's
+
+    assert sweep.unfinished(parent) == {"a": latest_a, "c": running_c}
+    assert sweep.unfinished(parent, "a") == {"a": latest_a}
+    assert sweep.unfinished(parent, "b") == {}  # FINISHED: nothing to retry
+    assert sweep.unfinished(parent, "d") == {}
+
+
 def test_a_point_hash_ignores_where_things_go_and_names_what_is_trained():
     from conftest import compose
 
