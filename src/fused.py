@@ -329,15 +329,6 @@ class HostWork:
 # The launcher
 
 
-def _compiled_model(cfg, ds):
-    """The point's Keras model, compiled as a lone run compiles it."""
-    from . import models
-
-    model = models.build_model(cfg.model, ds.spec)
-    model.compile(optimizer=models.build_optimizer(cfg.optimizer), loss=ds.spec.loss, metrics=["accuracy"])
-    return model
-
-
 class Launch:
     """One `launch` of the fused launcher: its points, grouped, trained, each ended as its own Hydra job."""
 
@@ -436,11 +427,6 @@ class Launch:
 
         sample = compiled.rows(ds.val)  # a batch of the dataset's device form, to build each member's variables
         ready, program = [], None
-        template = self._template(first, ds, scope, sample)
-        if template is not None:  # compiling from now on, beside every member's set-up
-            program = vmapped.Program(template, ds, first.trainer.batch_size, device)
-            self._compile_ahead(program, vmapped.Program.state_of(template), len(members), budget, data_bytes,
-                                device.platform == "cpu")
         for n, m in enumerate(members):
             try:
                 self._setup(m, ds, chosen, device_text, scope, len(members), g)
@@ -451,7 +437,7 @@ class Launch:
                 self._end(m, "FAILED", f"{type(err).__name__}: {err}")
                 yield m, self._failed_return(m, err)
                 continue
-            if program is None:  # no template could be built: the first member's model serves as one
+            if program is None:  # the first member's model serves the group as template
                 program = vmapped.Program(m.model, ds, first.trainer.batch_size, device)
                 self._compile_ahead(program, m.state, len(members) - n, budget, data_bytes, device.platform == "cpu")
             else:
@@ -495,22 +481,6 @@ class Launch:
             if drawn is not None:
                 drawn.close()
 
-    @staticmethod
-    def _template(cfg, ds, scope, sample):
-        """The group's template model, built before any member's run opens so that the program compiles while
-        they are set up; None if it cannot be built (then the first member's run fails with why, and the first
-        member that builds serves as the template)."""
-        from . import vmapped
-
-        try:
-            with scope:
-                model = _compiled_model(cfg, ds)
-            vmapped.Program.build(model, sample)
-            return model
-        except Exception as err:  # noqa: BLE001 - reported on the members' runs
-            log.debug("No template model: %s: %s", type(err).__name__, err)
-            return None
-
     def _compile_ahead(self, program, state: tuple, members: int, budget: int, data_bytes: int, on_cpu: bool) -> None:
         """Start compiling the group's (first) program while the other members' runs are set up: ~3 s of XLA for
         16 mnist_dense members here, off the critical path. Best effort: what fails here fails again, reported, when
@@ -547,7 +517,7 @@ class Launch:
         from hydra.core.utils import _save_config
         from mlflow.tracking import MlflowClient
 
-        from . import backend, config, inputs, liveness, outbox, preflight, redaction, runs, store, train
+        from . import backend, config, inputs, liveness, models, outbox, preflight, redaction, runs, store, train
 
         cfg, job = m.cfg, m.job
         config.validate(cfg, job.choices)
@@ -581,7 +551,8 @@ class Launch:
 
         with scope:  # its model as a lone run builds it: under its own seed
             backend.set_random_seed(chosen, cfg.seed)
-            model = _compiled_model(cfg, ds)
+            model = models.build_model(cfg.model, ds.spec)
+            model.compile(optimizer=models.build_optimizer(cfg.optimizer), loss=ds.spec.loss, metrics=["accuracy"])
             m.initial_epoch = m.backup.restore(model)
         m.epochs = list(m.backup.epochs)
         m.model = model
