@@ -25,14 +25,15 @@ def _setup(hardware: str):
     """Keras on JAX (nothing imports TensorFlow), with hardware=cpu or gpu."""
     from omegaconf import OmegaConf
 
-    from src import backend, config
+    from src.training import backend
+    from src import config
 
     hw = OmegaConf.merge(OmegaConf.structured(config.HardwareConfig),
                          OmegaConf.load(h.ROOT / "conf" / "hardware" / f"{hardware}.yaml"))
     backend.activate(config.Backend.jax, hw)
     import keras
 
-    from src import hardware as hwmod
+    from src.training import hardware as hwmod
 
     hwmod.setup(hw, config.Backend.jax)
     return keras, hw
@@ -41,7 +42,8 @@ def _setup(hardware: str):
 def _configs(name: str, data_dir, small: int | None = None):
     from omegaconf import OmegaConf
 
-    from src import config, data
+    from src import config
+    from src.data import datasets as data
 
     model_name = MODELS[name][0]
     yaml = OmegaConf.load(h.ROOT / "conf" / "model" / f"{model_name}.yaml")
@@ -58,7 +60,8 @@ def _configs(name: str, data_dir, small: int | None = None):
 def _train(keras, loop: str, ds, mcfg, ocfg, epochs: int, batch_size: int, seed: int, budget: float) -> dict:
     import jax
 
-    from src import batches, compiled, models
+    from src.training import batches
+    from src.training import compiled, models
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)

@@ -26,7 +26,7 @@ def main() -> None:
     p.add_argument("--tries", type=int, default=5)
     args = p.parse_args()
     os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp()  # a cache of its own, not the user's
-    from src import data
+    from src.data import datasets as data
 
     path = Path(args.file)
 

@@ -42,14 +42,15 @@ SIDES = {"before": (True, True), "after": (False, True), "checkpoint before": (T
 def _setup():
     from omegaconf import OmegaConf
 
-    from src import backend, config
+    from src.training import backend
+    from src import config
 
     hw = OmegaConf.merge(OmegaConf.structured(config.HardwareConfig),
                          OmegaConf.load(h.ROOT / "conf" / "hardware" / "cpu.yaml"))
     backend.activate(config.Backend.jax, hw)
     import keras
 
-    from src import hardware
+    from src.training import hardware
 
     hardware.setup(hw, config.Backend.jax)
     return keras
@@ -58,7 +59,8 @@ def _setup():
 def _configs(data_dir: Path, units: list[int]):
     from omegaconf import OmegaConf
 
-    from src import config, data
+    from src import config
+    from src.data import datasets as data
 
     dcfg = OmegaConf.merge(OmegaConf.structured(config.DatasetConfig),
                            OmegaConf.load(h.ROOT / "conf" / "dataset" / "mnist.yaml"))
@@ -75,8 +77,9 @@ def _save_weights_backup():
     """resume.Backup's epoch end as it was before the writer: save_weights and state.json, on the training thread."""
     import math
 
-    from src import names, resume
-    from src.callbacks import numeric_logs
+    from src.tracking import names
+    from src.training import resume
+    from src.training.callbacks import numeric_logs
 
     class SaveWeightsBackup(resume.Backup):
         def on_epoch_end(self, epoch, logs=None):
@@ -152,7 +155,8 @@ def _run(keras, side: str, ds, mcfg, ocfg, epochs: int, client, experiment_id: s
          beat_s: float) -> dict:
     import jax
 
-    from src import callbacks, compiled, liveness, models, resume
+    from src.training import callbacks, compiled, models, resume
+    from src.tracking import liveness
 
     old, mlflow = SIDES[side] or (False, False)
     liveness.EPOCH_BEAT_S = 0.0 if old else beat_s  # before: every epoch's end beat
@@ -179,7 +183,7 @@ def _run(keras, side: str, ds, mcfg, ocfg, epochs: int, client, experiment_id: s
 
 def _write_alone(model, folder: Path, repeats: int = 15) -> float:
     """One checkpoint as the writer thread writes it (weights .npz fsynced, state.json committed), in ms."""
-    from src import resume
+    from src.training import resume
 
     times, previous = [], None
     for i in range(repeats):
@@ -200,7 +204,7 @@ def main() -> None:
     import jax
     from mlflow.tracking import MlflowClient
 
-    from src import liveness
+    from src.tracking import liveness
 
     beat_s = liveness.EPOCH_BEAT_S
     work = h.Workspace()

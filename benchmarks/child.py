@@ -77,14 +77,15 @@ def project(argv: list[str]) -> None:
     sys.argv = ["src/train.py", f"--config-path={Path(__file__).resolve().parents[1] / 'conf'}", *overrides]
     import mlflow
 
-    from src import store, train  # neither imports Keras: train() picks the backend first
+    from src.tracking import store
+    from src import train  # neither imports Keras: train() picks the backend first
 
     original = train._callbacks
 
     def callbacks(*args):
         # Keras is imported by now (train() chose the backend), so the callback classes can be too.
-        from src import callbacks as cb
-        from src import resume
+        from src.training import callbacks as cb
+        from src.training import resume
 
         dropped = (cb.MLflowMetrics,) if "--no-mlflow-callback" in drop else ()
         if "--no-backup-callback" in drop:
@@ -203,7 +204,8 @@ def _imdb_project_splits(data_dir: Path, validation: int = 10000):
     """IMDB as the project loads it (src.data: CSR multi-hot rows, the lab's split), without Keras."""
     from omegaconf import OmegaConf
 
-    from src import config, data
+    from src import config
+    from src.data import datasets as data
 
     cfg = OmegaConf.merge(OmegaConf.structured(config.DatasetConfig), config.options("dataset")["imdb"])
     cfg.sha256 = None  # a baseline: also cut or synthetic files (benchmarks/gpu_check.py --scale)
@@ -230,7 +232,7 @@ def batches_imdb(epochs: int, data_dir: Path) -> None:
     ds = _imdb_project_splits(data_dir)
     import keras
 
-    from src import batches
+    from src.training import batches
 
     keras.utils.set_random_seed(42)
     model = _imdb_model(keras.Input((10000,), sparse=batches.sparse_inputs()))

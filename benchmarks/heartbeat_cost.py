@@ -5,7 +5,8 @@
 import statistics, sys, time
 import mlflow
 from mlflow.tracking import MlflowClient
-from src import callbacks, liveness, runs
+from src.training import callbacks
+from src.tracking import liveness, runs
 
 uri = sys.argv[1]
 client = MlflowClient(uri)

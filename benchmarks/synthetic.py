@@ -50,7 +50,7 @@ def write_imdb(path: Path, scale: float = 1.0, seed: int = 0) -> Path:
 
 def shrink(source: Path, path: Path, scale: float) -> Path:
     """The first `scale` of each split of a Keras .npz dataset file (real data, smaller: quick checks)."""
-    from src.data import read_npz  # refuses anything but arrays in the file
+    from src.data.datasets import read_npz  # refuses anything but arrays in the file
 
     arrays = read_npz(Path(source))
     rng = np.random.default_rng(0)

@@ -26,9 +26,11 @@ from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from . import config, liveness, names, plots, store
+from . import config
+from .tracking import liveness, names, store
+from .report import plots
 from .paths import PROJECT_ROOT
-from .tables import markdown_table, text_table
+from .report.tables import markdown_table, text_table
 
 PARENT_TAG = names.PARENT_RUN
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -188,7 +190,7 @@ def best_line(summaries: list[RunSummary], label: dict[str, str]) -> str:
 def sweep_progress(client: MlflowClient, targets: list[str]) -> list[str]:
     """For each target that is a sweep's parent with a manifest (src/manifest.py): how far its points got, and the
     command that continues it when some are not FINISHED."""
-    from .manifest import Manifest
+    from .sweeps.manifest import Manifest
 
     lines = []
     for target in targets:

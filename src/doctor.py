@@ -20,10 +20,13 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from . import backend, config, data, provenance
+from .training import backend
+from . import config
+from .data import datasets
+from .tracking import provenance
 from .config import Accelerator, Backend
 from .paths import PROJECT_ROOT
-from .redaction import redact
+from .tracking.redaction import redact
 
 OK, BAD = "✓", "✗"
 
@@ -147,23 +150,23 @@ def run(overrides: list[str]) -> int:
     say(smi is not None or Accelerator(cfg.hardware.accelerator) != Accelerator.gpu,
         f"nvidia-smi: {smi}" if smi else "nvidia-smi: not found (no NVIDIA driver on this machine)")
 
-    directory = data.data_dir(cfg.data_dir)
-    for name, dataset in data.datasets().items():
+    directory = datasets.data_dir(cfg.data_dir)
+    for name, dataset in datasets.datasets().items():
         chosen_data = name == cfg.dataset.name
         path = directory / dataset.file
         if not path.is_file():
             fix = f"python -m src.data download --dataset {name} --data-dir {directory} (where there is internet)"
             say(False, f"data {name}: {path} missing. Fix: {fix}", blocks=chosen_data and not dataset.download)
-        elif broken := data.damage(dataset, path):  # an interrupted copy: never usable, sha256 or not
+        elif broken := datasets.damage(dataset, path):  # an interrupted copy: never usable, sha256 or not
             fix = f"delete it, then python -m src.data download --dataset {name} --data-dir {directory}"
             say(False, f"data {name}: {path} is {broken}. Fix: {fix}", blocks=chosen_data)
-        elif dataset.sha256 and data.digest(path) != dataset.sha256:
+        elif dataset.sha256 and datasets.digest(path) != dataset.sha256:
             say(False, f"data {name}: {path} is not the known file (sha256 differs). Fix: download it again",
                 blocks=chosen_data and cfg.dataset.sha256 is not None)
         else:
             say(True, f"data {name}: {path}" + (" (sha256 matches)" if dataset.sha256 else ""))
 
-    from . import store
+    from .tracking import store
 
     uri = store.tracking_uri(cfg.tracking.tracking_uri)
     try:

@@ -153,9 +153,10 @@ def train_composed(cfg):
     from hydra.core.hydra_config import HydraConfig
 
     from src import train
+    from src.training.job import Job
 
     hc = HydraConfig.get()
-    job = train.Job(choices=dict(hc.runtime.choices), overrides=list(hc.overrides.task))
+    job = Job(choices=dict(hc.runtime.choices), overrides=list(hc.overrides.task))
     return train.train(cfg, Path(hc.runtime.output_dir), job)
 
 

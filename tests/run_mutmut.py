@@ -2,7 +2,7 @@
 
     python tests/run_mutmut.py scope --max-children 2     # every mutant of SCOPE (the modules that do not train)
     python tests/run_mutmut.py score [MUTANTS_DIR ...]    # killed / generated per module, from the last runs
-    python tests/run_mutmut.py run --max-children 1 "src.outbox.*"   # any subset; results, show NAME as in mutmut
+    python tests/run_mutmut.py run --max-children 1 "src.tracking.outbox.*"   # any subset; results, show NAME as in mutmut
 
 mutmut 3 takes a top-level `src/` for a layout folder: it drops "src." from mutant names, while
 the trampolines in the mutated code see the real module names (src.outbox), so no mutant would
@@ -39,10 +39,10 @@ trampoline.record_trampoline_hit = stats.record_trampoline_hit
 # The code that does not train (issue 13): tracking store and run lifecycle, the outbox, resume's fingerprint
 # and backup folder, the sweep summary, compare, redaction, config validation, the output-folder preflight.
 SCOPE = (
-    "src.store.*", "src.runs.*", "src.outbox.*",
-    "src.resume.x_backup_dir*", "src.resume.x_fingerprint*", "src.resume.x_for_run*",
-    "src.sweep.x_summary*", "src.sweep.x__overrides*",
-    "src.compare.*", "src.redaction.*", "src.config.*", "src.preflight.*",
+    "src.tracking.store.*", "src.tracking.runs.*", "src.tracking.outbox.*",
+    "src.training.resume.x_backup_dir*", "src.training.resume.x_fingerprint*", "src.training.resume.x_for_run*",
+    "src.sweeps.sweep.x_summary*", "src.sweeps.sweep.x__overrides*",
+    "src.compare.*", "src.tracking.redaction.*", "src.config.*", "src.preflight.*",
 )
 
 

@@ -12,7 +12,8 @@ import mlflow
 import pytest
 
 from conftest import ROOT, base_overrides, run_cli
-from src import backend, provenance
+from src.training import backend
+from src.tracking import provenance
 from src.config import Backend
 
 BLOCK_TENSORFLOW = """
@@ -79,8 +80,8 @@ def test_a_model_saved_on_jax_loads_in_this_process(data_dir, store, experiment,
     assert model.predict(x, verbose=0).shape == (2, 10)
 
 
-@pytest.mark.parametrize("module", ["src.compare", "src.outbox", "src.config", "src.data", "src.store", "src.runs",
-                                    "src.manifest", "src.names", "src.sweep"])
+@pytest.mark.parametrize("module", ["src.compare", "src.tracking.outbox", "src.config", "src.data.datasets", "src.tracking.store", "src.tracking.runs",
+                                    "src.sweeps.manifest", "src.tracking.names", "src.sweeps.sweep"])
 def test_modules_that_do_not_train_import_no_keras(module):
     code = (f"import sys, {module}; "
             "print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))")

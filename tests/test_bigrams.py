@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from conftest import compose, write_imdb
-from src import data
+from src.data import datasets as data
 
 
 def test_words_only_is_unchanged_and_bigrams_add_hashed_columns(tmp_path):

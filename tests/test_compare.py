@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from sqlite_store import empty_store
 from src import compare
-from src.store import search_runs
+from src.tracking.store import search_runs
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -15,7 +15,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import BACKEND, TINY, base_overrides, compose, train_composed
-from src import callbacks, config, loop, names
+from src.training import callbacks, loop
+from src import config
+from src.tracking import names
 
 jax_only = pytest.mark.skipif(BACKEND != "jax", reason="trains in this process on Keras's JAX backend: KERAS_BACKEND=jax")
 KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s")
@@ -45,7 +47,8 @@ def _setup(data_dir, model="mnist_dense", *overrides):
     """The data and a freshly built, compiled model of `model` (seeded), as train.py builds them."""
     import keras
 
-    from src import data, models
+    from src.data import datasets as data
+    from src.training import models
 
     cfg = compose([f"data_dir={data_dir}", "dataset.sha256=null", "dataset.validation_size=100",
                    f"model={model}", *overrides])
@@ -65,7 +68,7 @@ def _setup(data_dir, model="mnist_dense", *overrides):
 def test_an_epoch_is_keras_train_steps_over_the_shuffled_order(data_dir, model):
     """One compiled epoch = Keras's train_on_batch over the epoch's order, batch by batch, the last one
     smaller: the same weights (Dropout masks included: imdb_dropout), the same number of steps."""
-    from src import compiled
+    from src.training import compiled
 
     ds, build = _setup(data_dir, model, "model.rate=0.5")
     batch = 64  # MNIST: 500 training samples, 7 full batches and one of 52; IMDB: 300, 4 and one of 44
@@ -98,7 +101,8 @@ def test_an_epoch_is_keras_train_steps_over_the_shuffled_order(data_dir, model):
 @pytest.mark.parametrize("model", ["mnist_dense", "imdb_dense"])
 def test_evaluation_equals_keras_evaluate(data_dir, model):
     """Validation/test: means over samples with a smaller last batch, multi-hot rows built on the device."""
-    from src import batches, compiled
+    from src.training import batches
+    from src.training import compiled
 
     ds, build = _setup(data_dir, model)
     m = build()
@@ -112,7 +116,7 @@ def test_evaluation_equals_keras_evaluate(data_dir, model):
 def test_multi_hot_rows_are_the_csr_rows(data_dir):
     import jax.numpy as jnp
 
-    from src import compiled
+    from src.training import compiled
 
     ds, _ = _setup(data_dir, "imdb_dense", "dataset.num_bins=64")
     r = compiled.rows(ds.train)
@@ -125,7 +129,8 @@ def test_multi_hot_rows_are_the_csr_rows(data_dir):
 def test_compiled_and_fit_learn_alike(data_dir):
     """The same data, seed and epochs through both loops: the same number of steps, close metrics
     (the shuffles and Dropout masks differ: fit draws from numpy, compiled epochs from jax.random)."""
-    from src import batches, compiled
+    from src.training import batches
+    from src.training import compiled
 
     ds, build = _setup(data_dir, "mnist_dense", "model.rate=0.2")
     fit_model = build()
@@ -144,7 +149,7 @@ def test_compiled_and_fit_learn_alike(data_dir):
 @jax_only
 def test_streamed_chunks_train_exactly_as_on_the_device(data_dir, caplog):
     """Over the budget, chunks of whole batches in the same order: the same training, not an OOM."""
-    from src import compiled
+    from src.training import compiled
 
     ds, build = _setup(data_dir, "imdb_dropout")
     train, val = compiled.rows(ds.train), compiled.rows(ds.val)
@@ -155,7 +160,7 @@ def test_streamed_chunks_train_exactly_as_on_the_device(data_dir, caplog):
     for budget in (10**9, tight):  # everything on the device; training data in chunks of 3 batches
         m = build()
         epochs = compiled.Epochs(m, ds, batch, seed=5, budget_bytes=budget)
-        with caplog.at_level("INFO", logger="src.compiled"):
+        with caplog.at_level("INFO", logger="src.training.compiled"):
             results[budget] = (epochs.fit(2, verbose=0), m.get_weights())
     assert "streamed in chunks of 3 batches, validation data (0.0 MB) on the device" in caplog.text
     (h1, w1), (h2, w2) = results.values()
@@ -171,7 +176,7 @@ def test_early_stopping_restores_the_best_epoch(data_dir):
     """EarlyStopping sees each epoch's logs and weights, and its restored weights are what fit leaves."""
     import keras
 
-    from src import compiled
+    from src.training import compiled
 
     ds, build = _setup(data_dir, "mnist_dense")
     m = build()
@@ -223,9 +228,9 @@ def test_tiny_budget_streams_and_still_trains(train_run, caplog):
 
 @jax_only
 def test_nan_stops_after_the_epoch_and_fails(train_run, experiment):
-    from src import train
+    from src.training import record
 
-    with pytest.raises(train.Diverged, match=r"loss became NaN at epoch \d+") as raised:
+    with pytest.raises(record.Diverged, match=r"loss became NaN at epoch \d+") as raised:
         train_run("trainer.loop=compiled", "optimizer=sgd", "optimizer.learning_rate=1e30", "trainer.epochs=20")
     epoch = int(str(raised.value).split("at epoch ")[1].split(":")[0])
     assert epoch < 20  # TerminateOnNaN saw the epoch's loss: stopped after that epoch
@@ -271,7 +276,7 @@ def test_auto_picks_compiled_on_an_accelerator_within_the_budget(data_dir, monke
     """The decision alone, with a stand-in GPU (this machine has none): compiled within the budget, fit above."""
     import jax
 
-    from src import data
+    from src.data import datasets as data
 
     class Gpu:
         platform = "gpu"
@@ -304,7 +309,8 @@ def test_both_loops_share_one_interface(data_dir):
     backend, compiled epochs on JAX; each returns this call's history and a metrics dict."""
     import keras
 
-    from src import data, models
+    from src.data import datasets as data
+    from src.training import models
 
     cfg = compose(["dataset.sha256=null", *TINY])
     ds = data.load(cfg.dataset, data_dir)

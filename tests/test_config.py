@@ -41,7 +41,7 @@ def test_every_group_has_options_and_the_lab_defaults_exist():
 
 
 def test_every_model_yaml_names_a_builder():
-    from src import models
+    from src.training import models
 
     assert set(GROUPS["model"]) <= set(models.MODELS)
 

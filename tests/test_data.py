@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import IMDB_SIZES, MNIST_SIZES, compose
-from src import data
+from src.data import datasets as data
 
 
 def _keras_imdb_reference(x, num_words):
@@ -56,7 +56,7 @@ def test_imdb_splits_are_multi_hot_rows_with_the_first_reviews_as_validation(dat
 
 
 def test_multi_hot_batches_cover_every_review_once_and_reshuffle_each_epoch(data_dir):
-    from src import batches
+    from src.training import batches
 
     cfg = compose(["model=imdb_dense", "dataset.validation_size=100", "dataset.sha256=null"]).dataset
     d = data.load(cfg, data_dir)

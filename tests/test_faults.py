@@ -28,8 +28,10 @@ from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, base_overrides, compose, write_mnist, train_composed
 from mlflow_server import MlflowServer, free_port
-from src import data, outbox, preflight, train
-from src.runs import wait_for_metrics
+from src.data import datasets as data
+from src.tracking import outbox
+from src import preflight, train
+from src.tracking.runs import wait_for_metrics
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -330,7 +332,7 @@ def test_11_server_lost_mid_run_training_finishes_and_nothing_is_dropped(
         assert f"python -m src.outbox import {pending}" in caplog.text
 
         server.start()  # back, on the same store and port
-        result = subprocess.run([sys.executable, "-m", "src.outbox", "import", str(pending)], cwd=ROOT,
+        result = subprocess.run([sys.executable, "-m", "src.tracking.outbox", "import", str(pending)], cwd=ROOT,
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         assert "imported 6 records" in result.stdout
@@ -458,7 +460,7 @@ def test_12_nearly_full_folder_is_refused(tmp_path, monkeypatch):
 
 def test_13_gpu_required_but_absent(args, experiment, capfd):
     from conftest import BACKEND
-    from src import hardware
+    from src.training import hardware
     from src.config import Backend
 
     if hardware.gpus(Backend(BACKEND)):

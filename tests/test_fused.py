@@ -24,7 +24,8 @@ def _builder(data_dir, *overrides):
     """The data and a function building a compiled model for (seed, learning rate), as a lone run builds it."""
     import keras
 
-    from src import data, models
+    from src.data import datasets as data
+    from src.training import models
 
     cfg = compose([f"data_dir={data_dir}", "dataset.sha256=null", "dataset.validation_size=100", "model.rate=0.3",
                    *overrides])
@@ -50,7 +51,8 @@ def test_a_fused_epoch_trains_each_member_as_its_lone_compiled_run(data_dir, at_
     products may differ."""
     import jax
 
-    from src import compiled, vmapped
+    from src.training import compiled
+    from src.fused import vmapped
 
     ds, build = _builder(data_dir)
     epochs = 3
@@ -89,7 +91,7 @@ def test_a_fused_epoch_trains_each_member_as_its_lone_compiled_run(data_dir, at_
 def test_an_inactive_member_keeps_its_state_while_the_others_train(data_dir):
     import jax
 
-    from src import vmapped
+    from src.fused import vmapped
 
     ds, build = _builder(data_dir)
     members = [build(seed, lr) for seed, lr in POINTS[:2]]
@@ -126,7 +128,7 @@ def test_a_fused_sweep_records_each_point_as_its_own_run_and_resumes(data_dir, s
     from mlflow.tracking import MlflowClient
 
     from conftest import run_cli
-    from src import names
+    from src.tracking import names
 
     command = _sweep(data_dir, store, experiment, tmp_path / "sweep", "optimizer.learning_rate=1e-3,3e-3", "seed=1,2",
                      "tracking.log_model=true")
@@ -152,7 +154,7 @@ def test_a_fused_sweep_records_each_point_as_its_own_run_and_resumes(data_dir, s
     assert len(plots) == 4
     import mlflow
 
-    from src import data
+    from src.data import datasets as data
 
     mlflow.set_tracking_uri(store)
     ds = data.load(compose([f"data_dir={data_dir}", "dataset.sha256=null", "dataset.validation_size=100"]).dataset,
@@ -182,7 +184,7 @@ def test_a_fused_sweep_records_each_point_as_its_own_run_and_resumes(data_dir, s
 
 
 def test_points_group_by_what_one_program_can_carry_and_the_log_says_why():
-    from src import fused
+    from src.fused import launch as fused
 
     points = [compose([f"optimizer.learning_rate={lr}", f"seed={seed}", f"model.rate={rate}"])
               for rate in (0.0, 0.3) for lr in (1e-3, 3e-3) for seed in (1, 2)]
@@ -195,7 +197,7 @@ def test_points_group_by_what_one_program_can_carry_and_the_log_says_why():
 
 
 def test_a_cpu_vmaps_as_many_members_as_its_cache_holds_a_gpu_all_of_them():
-    from src.fused import CPU_VMAP_BYTES, vmap_members
+    from src.fused.launch import CPU_VMAP_BYTES, vmap_members
 
     mb = 2**20
     assert vmap_members(None, 64, 3 * mb, on_cpu=False) == 64
@@ -209,7 +211,7 @@ def test_a_cpu_vmaps_as_many_members_as_its_cache_holds_a_gpu_all_of_them():
 
 
 def test_a_group_is_split_into_programs_that_fit_the_budget():
-    from src import fused
+    from src.fused import launch as fused
 
     # 10 MB of budget, 1 MB of data, members of 0.5 MB (x4 copies): 4 fit beside the data
     assert fused.capacity(10 * 2**20, 2**20, 2**19) == 4
@@ -223,7 +225,9 @@ def test_a_group_over_the_device_budget_runs_as_smaller_programs_and_says_so(dat
     """A budget with room for two members beside the data: the 4-point group trains as 2 programs of 2."""
     import jax
 
-    from src import compiled, data, fused, vmapped
+    from src.training import compiled
+    from src.data import datasets as data
+    from src.fused import launch as fused, vmapped
 
     ds, build = _builder(data_dir)
     model = build(1, 1e-3)
@@ -263,7 +267,7 @@ def test_the_fused_launcher_refuses_what_it_cannot_train_before_any_job(bad, fix
 
 def _children(client, experiment) -> dict:
     """The sweep's child runs by (learning rate, seed)."""
-    from src import names
+    from src.tracking import names
 
     found = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     return {(r.data.params["optimizer.learning_rate"], r.data.params["seed"]): r for r in found
@@ -316,7 +320,7 @@ def test_a_member_whose_loss_turns_nan_fails_alone(data_dir, store, experiment, 
     from mlflow.tracking import MlflowClient
 
     from conftest import run_cli
-    from src import names
+    from src.tracking import names
 
     command = _sweep(data_dir, store, experiment, tmp_path / "sweep", "optimizer=sgd",
                      "optimizer.learning_rate=1e30,1e-2", "seed=1", "trainer.epochs=3")
@@ -376,7 +380,8 @@ def test_a_member_that_stopped_is_still_checkpointed_when_the_writer_was_behind(
     import threading
     from types import SimpleNamespace as NS
 
-    from src import fused, runs
+    from src.fused import launch as fused
+    from src.tracking import runs
 
     written = {}
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import BACKEND, compose
-from src import hardware, models
+from src.training import hardware, models
 from src.config import Backend
 
 from test_models import SPECS

@@ -19,7 +19,8 @@ from conftest import base_overrides
 from mlflow.tracking import MlflowClient
 from mlflow_server import MlflowServer
 
-from src import compare, liveness
+from src import compare
+from src.tracking import liveness
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,7 @@ def test_heartbeat_thread_refreshes_the_tag(store, experiment):
 def test_short_epochs_do_not_each_beat(store, experiment, monkeypatch):
     """Sub-second epochs would write a tag each (CPU beside training): an epoch's end beats only when the last
     epoch beat is EPOCH_BEAT_S old; the run's Heartbeat thread beats in between."""
-    from src import callbacks
+    from src.training import callbacks
 
     client = MlflowClient(store)
     run_id = client.create_run(client.create_experiment(experiment)).info.run_id
@@ -179,7 +180,7 @@ def test_a_sweep_whose_driver_died_is_ended(data_dir, store, experiment, tmp_pat
 
 def test_every_epoch_beats(store, experiment):
     """MLflowMetrics refreshes the heartbeat at each epoch's end (on the sender thread)."""
-    from src import callbacks
+    from src.training import callbacks
 
     client = MlflowClient(store)
     run_id = client.create_run(client.create_experiment(experiment), tags={liveness.HEARTBEAT: "0"}).info.run_id
@@ -192,8 +193,8 @@ def test_every_epoch_beats(store, experiment):
 
 def test_reconcile_and_the_sweep_summary_read_every_page_of_runs(store, experiment, monkeypatch):
     """Past one page of search results (1000 runs in MLflow; 2 here), no dead run and no child is missed."""
-    from src import store as store_module
-    from src import sweep
+    from src.tracking import store as store_module
+    from src.sweeps import sweep
 
     monkeypatch.setattr(store_module, "PAGE_SIZE", 2)
     client = MlflowClient(store)

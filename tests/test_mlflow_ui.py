@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from src import store as stores
+from src.tracking import store as stores
 
 
 def free_port() -> int:

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import compose
-from src import models
+from src.training import models
 from src.config import Kind
-from src.data import InputSpec
+from src.data.datasets import InputSpec
 
 SPECS = {"mnist": InputSpec(Kind.images, (28, 28), 10, 255.0), "imdb": InputSpec(Kind.sequences, (10000,), 2)}
 

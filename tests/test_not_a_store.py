@@ -50,7 +50,7 @@ def test_outbox_import_refuses_it_and_keeps_the_file(text_file, tmp_path):
     kept = tmp_path / "mlflow_outbox.jsonl"
     kept.write_text(json.dumps({"kind": "end", "run_id": "0" * 32, "status": "FINISHED",
                                 "tracking_uri": f"sqlite:///{text_file}"}) + "\n")
-    one_screen_refusal(run("src.outbox", "import", str(kept)))
+    one_screen_refusal(run("src.tracking.outbox", "import", str(kept)))
     assert kept.exists()
 
 

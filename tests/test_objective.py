@@ -11,7 +11,8 @@ import math
 import pytest
 from mlflow.tracking import MlflowClient
 
-from src import compare, config, sweep, train
+from src import compare, config, train
+from src.sweeps import sweep
 
 # (val_loss, val_accuracy) per child: the lowest loss (job 1) and the highest accuracy (job 2) are
 # different runs, neither first nor last among the finished ones; the FAILED job 3 would beat both.

@@ -23,7 +23,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, child_env
-from src import inputs, outbox
+from src.tracking import inputs, outbox
 
 
 class Down(Exception):
@@ -80,7 +80,7 @@ def first_success_order(sent: list[tuple]) -> list[tuple]:
 
 def test_backlog_is_replayed_in_order_before_the_next_record(tmp_path, caplog):
     """Down for the first 3 calls: records 1-3 are kept; record 4 first sends 1, 2, 3, then itself."""
-    caplog.set_level("INFO", logger="src.outbox")
+    caplog.set_level("INFO", logger="src.tracking.outbox")
     client = FakeClient(fail=lambda n: n <= 3)
     box = outbox.Outbox(tmp_path / outbox.FILENAME, client)
     for step in (1, 2, 3):
@@ -140,7 +140,8 @@ def test_artifacts_that_fail_are_kept_as_a_copy_and_sent_in_turn(tmp_path):
 def test_slow_store_epochs_queue_in_order_and_the_end_waits_for_them(tmp_path):
     """MLflowMetrics hands epochs to a background thread; with a slow store, training does not wait per
     epoch, and an interrupted run's end (runs._end) still reaches the store after every queued epoch."""
-    from src import callbacks, runs
+    from src.training import callbacks
+    from src.tracking import runs
 
     delay = 0.3
     client = FakeClient(delay=delay)
@@ -199,7 +200,7 @@ KEPT = {
 def test_a_refused_record_is_kept_whole_and_the_user_is_told(tmp_path, caplog, op):
     """Each kind of record the store refuses becomes one JSON line holding the run, the store it was meant for
     and every field the import needs; the user reads which store refused what, and how to import it later."""
-    caplog.set_level("INFO", logger="src.outbox")
+    caplog.set_level("INFO", logger="src.tracking.outbox")
     call, fields = KEPT[op]
     box = outbox.Outbox(tmp_path / outbox.FILENAME, FakeClient(fail=refused_always))
     call(box, tmp_path)
@@ -279,7 +280,7 @@ def import_file(request, capsys):
 
     def run(path: Path) -> subprocess.CompletedProcess:
         if request.param == "subprocess":
-            return subprocess.run([sys.executable, "-m", "src.outbox", "import", str(path)], cwd=ROOT,
+            return subprocess.run([sys.executable, "-m", "src.tracking.outbox", "import", str(path)], cwd=ROOT,
                                   env=child_env(), capture_output=True, text=True, timeout=120)
         capsys.readouterr()
         code = outbox._cli(["import", str(path)])

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import REAL_DATA, compose
-from src import config, data
+from src import config
+from src.data import datasets as data
 
 
 def lab_vectorize_sequences(sequences, dimension=10000):
@@ -35,7 +36,7 @@ def keras_imdb_reviews(raw, num_words):
 
 def project_matrix(split, batch_size=64, shuffle=False, stop=None) -> tuple[np.ndarray, np.ndarray]:
     """What the model is fed, batch by batch (MultiHotBatches), stacked."""
-    from src import batches
+    from src.training import batches
 
     feed = batches.MultiHotBatches(split, batch_size, shuffle=shuffle, seed=0)
     xs, ys = zip(*(feed[i] for i in range(stop or len(feed))))
@@ -122,7 +123,7 @@ def test_queued_epoch_metrics_are_in_the_store_when_fit_returns(store, experimen
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from src import callbacks
+    from src.training import callbacks
 
     mlflow.set_tracking_uri(store)
     experiment_id = mlflow.create_experiment(experiment)

@@ -6,7 +6,7 @@ from __future__ import annotations
 def test_plot_workers_draw_the_figure_a_run_would_draw_and_a_dead_worker_costs_only_time(tmp_path):
     """The fused launcher's plot workers (plots.Workers: python -m src.plots) draw byte for byte what src.plots
     draws in-process, each member its own; with every worker killed, each plot is still drawn, here."""
-    from src import plots
+    from src.report import plots
 
     histories = {n: {"loss": [0.5, 0.4 - n / 100], "val_loss": [0.45, 0.41], "accuracy": [0.8, 0.9],
                      "val_accuracy": [0.82, 0.85 + n / 100]} for n in range(3)}

@@ -9,7 +9,7 @@ import mlflow
 import pytest
 
 from conftest import ROOT, base_overrides, compose, train_composed, write_mnist
-from src import models
+from src.training import models
 
 README = (ROOT / "README.md").read_text()
 

@@ -11,7 +11,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import compose
-from src import redaction
+from src.tracking import redaction
 
 
 @pytest.mark.parametrize(

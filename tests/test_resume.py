@@ -13,7 +13,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from src import callbacks, resume, train
+from src.training import callbacks, resume
+from src import train
 
 KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s")
 

@@ -16,7 +16,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY, compose
-from src import callbacks, config, data, loop, models, resume
+from src.training import callbacks, loop, models, resume
+from src import config
+from src.data import datasets as data
 
 
 def build(data_dir):

@@ -8,7 +8,10 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from src import batches, data, inputs, outbox, store, train
+from src.data import datasets as data
+from src.training import batches
+from src.tracking import inputs, outbox, store
+from src.training import record
 from tests.conftest import compose
 
 
@@ -43,7 +46,7 @@ def test_run_records_its_data_model_and_system_metrics(train_run, data_dir, tmp_
                    data_dir)
     recorded = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions.csv",
                                                    dst_path=str(tmp_path))
-    again = train._predictions(model, batches.first(ds.test, 10), ds.test.y[:10])
+    again = record.predictions(model, batches.first(ds.test, 10), ds.test.y[:10])
     assert again + "\n" == open(recorded).read()
 
     # system metrics, sampled every 0.2 s
@@ -74,7 +77,7 @@ def test_model_the_store_refused_is_kept_and_loads_after_import(store, experimen
     dead = "http://127.0.0.1:9"  # nothing listens on the discard port
     mlflow.set_tracking_uri(dead)
     kept = outbox.Outbox(tmp_path / outbox.FILENAME, MlflowClient(dead))
-    train._log_model(model, kept, run_id)
+    record.log_model(model, kept, run_id)
     assert [json.loads(line)["op"] for line in kept.path.read_text().splitlines()] == ["artifacts"]
     assert list((tmp_path / "mlflow-pending-artifacts").glob("*/data/model.keras"))  # the file itself is kept
 

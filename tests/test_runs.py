@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from src import outbox, runs
-from src import store as stores
+from src.tracking import outbox, runs
+from src.tracking import store as stores
 
 
 class Stray(Exception):
@@ -90,7 +90,7 @@ class Recording(MlflowClient):
 @pytest.mark.parametrize("with_outbox", [False, True], ids=["direct", "outbox"])
 def test_a_run_ends_finished_without_a_failure_reason(experiment_id, with_outbox, tmp_path, caplog):
     """A run whose body returns ends FINISHED, with no failure_reason, and leaves no active MLflow run behind."""
-    caplog.set_level(logging.INFO, logger="src.runs")
+    caplog.set_level(logging.INFO, logger="src.tracking.runs")
     box = outbox.Outbox(tmp_path / outbox.FILENAME, Recording()) if with_outbox else None
     with runs.run(experiment_id, "fine", {"kind": "test"}, outbox=box) as active:
         pass
@@ -98,7 +98,7 @@ def test_a_run_ends_finished_without_a_failure_reason(experiment_id, with_outbox
     assert run.info.status == "FINISHED" and run.info.run_name == "fine"
     assert run.data.tags["kind"] == "test" and "failure_reason" not in run.data.tags
     assert mlflow.active_run() is None
-    assert [r.getMessage() for r in caplog.records if r.name == "src.runs" and r.levelno >= logging.WARNING] == []
+    assert [r.getMessage() for r in caplog.records if r.name == "src.tracking.runs" and r.levelno >= logging.WARNING] == []
     if with_outbox:
         assert box.client.calls == [("end", active.info.run_id, "FINISHED")] and not box.path.exists()
 
@@ -116,7 +116,7 @@ def test_an_exception_ends_the_run_failed_with_its_reason(experiment_id, with_ou
     assert run.info.status == "FAILED"
     assert run.data.tags["failure_reason"] == reason
     assert mlflow.active_run() is None
-    logged = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "src.runs"]
+    logged = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "src.tracking.runs"]
     assert (logging.ERROR, f"Run {active.info.run_id} ended FAILED: RuntimeError: {message}") in logged  # in full
     if with_outbox:  # the reason first, then the end, both through the outbox
         run_id = active.info.run_id

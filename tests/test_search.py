@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 import cli_runs
 from conftest import base_overrides, run_cli
-from src import search, sweep
+from src.sweeps import search, sweep
 
 EPOCHS = 3
 # Learning rate 1e-7 stalls (the validation loss stays near ln 10), 1e-3 learns the synthetic digits in one epoch:

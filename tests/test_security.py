@@ -15,7 +15,8 @@ import pytest
 
 import test_scripts
 from conftest import ROOT
-from src import data, redaction, store
+from src.data import datasets as data
+from src.tracking import redaction, store
 from test_faults import args, experiment, main, runs  # noqa: F401  (args, experiment: fixtures)
 
 SECRETS = {

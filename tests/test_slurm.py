@@ -22,7 +22,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, base_overrides, run_cli
-from src import resume, sweep
+from src.training import resume
+from src.sweeps import sweep
 
 pytestmark = pytest.mark.slurm
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
@@ -318,7 +319,7 @@ def test_optuna_sweep_runs_trials_as_slurm_jobs_two_at_a_time_and_prunes(data_di
     import optuna
     from optuna.trial import TrialState
 
-    from src import search
+    from src.sweeps import search
     from test_search import STUDY, load
 
     sweep_dir = tmp_path / "sweep"

@@ -23,7 +23,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from src import store as stores
+from src.tracking import store as stores
 from src.errors import UserError
 from src.paths import PROJECT_ROOT
 from src.preflight import FolderError

@@ -11,7 +11,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from conftest import base_overrides, run_cli
-from src import sweep
+from src.sweeps import sweep
 
 
 def parent_and_children(experiment: str):
@@ -94,7 +94,7 @@ def test_the_sweep_callback_pickles_while_its_heartbeat_runs(store, experiment):
     import cloudpickle
     from mlflow.tracking import MlflowClient
 
-    from src import liveness
+    from src.tracking import liveness
 
     client = MlflowClient(store)
     run = client.create_run(client.create_experiment(experiment))

@@ -14,7 +14,9 @@ from cli_runs import run, start
 from conftest import ROOT, base_overrides
 from mlflow.tracking import MlflowClient
 
-from src import compare, manifest, names
+from src import compare
+from src.sweeps import manifest
+from src.tracking import names
 
 
 @pytest.fixture
@@ -107,7 +109,7 @@ def test_only_the_point_that_raised_runs_again(data_dir, store, experiment, tmp_
 def test_a_rerun_point_retries_the_latest_of_its_runs_that_did_not_finish(store, experiment):
     """sweep.unfinished: what a rerun point's new run names as the run it retries (tag sweep.retry_of), for one
     point (a lone job) or every point at once (a fused group)."""
-    from src import sweep
+    from src.sweeps import sweep
 
     client = MlflowClient(store)
     experiment_id = client.create_experiment(experiment)

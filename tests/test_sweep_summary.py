@@ -11,7 +11,7 @@ import json
 import pytest
 from mlflow.entities import Metric, Run, RunData, RunInfo, RunTag
 
-from src import sweep
+from src.sweeps import sweep
 
 
 def child(run_id, status="FINISHED", overrides=None, metrics=None, **tags):

@@ -8,8 +8,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from src import redaction, runs
-from src import store as stores
+from src.tracking import redaction, runs
+from src.tracking import store as stores
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -61,7 +61,7 @@ def test_run_that_raises_ends_failed_with_the_reason_and_its_metrics(train_run, 
     def broken_predictions(*args, **kwargs):
         raise RuntimeError("prediction broke")
 
-    monkeypatch.setattr("src.train._predictions", broken_predictions)
+    monkeypatch.setattr("src.training.record.predictions", broken_predictions)
     with pytest.raises(RuntimeError, match="prediction broke"):
         train_run("trainer.epochs=2")
     (run,) = mlflow.search_runs(experiment_names=[experiment], output_format="list")

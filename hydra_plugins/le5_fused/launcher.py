@@ -23,6 +23,6 @@ class FusedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
-        from src.fused import Launch
+        from src.fused.launch import Launch
 
         return Launch(self.config, self.hydra_context, self.task_function).run(job_overrides, initial_job_idx)

@@ -41,7 +41,7 @@ class OptunaSweeper(Sweeper):
         return result
 
     def sweep(self, arguments: List[str]) -> Any:
-        from src import search
+        from src.sweeps import search
 
         try:
             study = search.Search(self.config, self._launch, self.in_process, arguments)

@@ -35,7 +35,7 @@ class ComposedOnce:
 
 class ResumingSweeper(BasicSweeper):
     def setup(self, *, hydra_context, task_function, config) -> None:
-        from src.manifest import ResumingLauncher
+        from src.sweeps.launcher import ResumingLauncher
 
         hydra_context = HydraContext(config_loader=ComposedOnce(hydra_context.config_loader),
                                      callbacks=hydra_context.callbacks)

@@ -43,8 +43,9 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from . import names
-from .config import Backend, ConfigError, Loop, Strategy
+from .. import overrides as ov
+from ..config import Backend, ConfigError, Loop, Strategy
+from ..tracking import names, status
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,8 @@ LAUNCHER_TARGET = "hydra_plugins.le5_fused.launcher.FusedLauncher"
 SWEEPER_TARGET = "hydra_plugins.le5_sweep.sweeper.ResumingSweeper"  # the grid sweeper (conf/hydra/sweeper/basic.yaml)
 # What members of one group may differ in: carried per member in Keras variables (seed: initial weights, data
 # order, Dropout's seed state; the learning rate: an optimizer variable), or used on the host only.
-VARIES = ("seed", "optimizer.learning_rate", "trainer.backup_dir", "trainer.early_stopping_patience",
-          "trainer.monitor", "trainer.verbose")
+# The settings that do not change what is trained differ freely too.
+VARIES = (*ov.NOT_TRAINED, "seed", "optimizer.learning_rate", "trainer.early_stopping_patience", "trainer.monitor")
 # Keras keeps these as Python floats, fixed when the program is compiled: a reason for a separate group.
 TRACE_TIME = {"model.rate": "Dropout's rate", "model.l2": "the L2 factor", "optimizer.momentum": "SGD's momentum",
               "optimizer.nesterov": "SGD's nesterov"}
@@ -72,7 +73,7 @@ CPU_VMAP_BYTES = 16 * 2**20
 
 def check(cfg) -> None:
     """Refuse a config the fused launcher cannot train, with the fix."""
-    from . import backend
+    from ..training import backend
 
     chosen, why = backend.choose(cfg.backend)
     if chosen != Backend.jax:
@@ -146,7 +147,7 @@ def _values(cfg) -> dict:
 
 def group_key(cfg) -> str:
     """Points with equal keys can be trained by one program."""
-    values = {k: v for k, v in _values(cfg).items() if k not in VARIES}
+    values = {k: v for k, v in _values(cfg).items() if not ov.under(k, VARIES)}
     return json.dumps(values, sort_keys=True, default=str)
 
 
@@ -160,7 +161,8 @@ def plan(cfgs: list) -> tuple[list[list[int]], list[str]]:
     values = [_values(c) for c in cfgs]
     lines = [f"Fused sweep: {len(cfgs)} point(s) in {len(found)} group(s)"]
     for g, members in enumerate(found, 1):
-        differ = sorted({k for i in members for k in VARIES if values[i].get(k) != values[members[0]].get(k)})
+        differ = sorted({k for i in members for k in values[i] if ov.under(k, VARIES)
+                         and values[i].get(k) != values[members[0]].get(k)})
         first = values[members[0]]
         what = (f"{first['model.name']} on {first['dataset.name']}, batch {first['trainer.batch_size']}, "
                 f"{first['optimizer.name']}, {first['trainer.epochs']} epochs")
@@ -175,7 +177,7 @@ def plan(cfgs: list) -> tuple[list[list[int]], list[str]]:
 
 
 def _differences(a: dict, b: dict) -> list[str]:
-    return [k for k in sorted(set(a) | set(b)) if k not in VARIES and a.get(k) != b.get(k)]
+    return [k for k in sorted(set(a) | set(b)) if not ov.under(k, VARIES) and a.get(k) != b.get(k)]
 
 
 def _why(key: str) -> str:
@@ -219,7 +221,7 @@ class Member:
     config: DictConfig  # the composed point, with its hydra node
     workdir: Path
     cfg: DictConfig = None  # without the hydra node: what train() gets
-    job: object = None  # src.train.Job
+    job: object = None  # src.training.job.Job
     run_id: str | None = None
     outbox: object = None
     backup: object = None
@@ -288,7 +290,7 @@ class HostWork:
     def post(self, state, finished: list, metrics: list) -> None:
         """`finished`: [(index in the stacked state, member, number of its finished epochs)] to checkpoint;
         `metrics`: [(member, [Metric])] to send after."""
-        from . import runs
+        from ..tracking import runs
 
         with self._lock:
             if finished:  # the newest state; a member finished earlier and not yet written is frozen in it
@@ -363,15 +365,15 @@ class Launch:
 
     def resume_command(self) -> str:
         """The sweep's command again (hydra/launcher=fused included), in its folder."""
-        from . import sweep
-        from .manifest import resume_command
+        from ..sweeps import sweep
+        from ..sweeps.manifest import resume_command
 
         return resume_command(sweep.command(self.config), Path(str(self.config.hydra.sweep.dir)).resolve())
 
     def _compose(self, overrides: list[str], num: int) -> Member:
         from hydra.core.hydra_config import HydraConfig
 
-        from . import train
+        from ..training.job import Job
 
         config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         with open_dict(config):
@@ -384,16 +386,14 @@ class Launch:
         cfg = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
         with open_dict(cfg):
             del cfg["hydra"]
-        hc = config.hydra
-        job = train.Job(choices=dict(hc.runtime.choices), overrides=list(hc.overrides.task), name=train._run_name(hc),
-                        num=num, sweep_dir=Path(str(hc.sweep.dir)))
+        job = Job.of(config.hydra)
         return Member(num=num, config=config, workdir=workdir.resolve(), cfg=cfg, job=job)
 
     # -- one group ------------------------------------------------------------------------------------------
 
     def _group(self, members: list[Member], g: int):
         """Set up, train and end the members of group `g`; yields (member, JobReturn) as each ends."""
-        from . import backend
+        from ..training import backend
 
         first = members[0].cfg
         chosen = Backend.jax
@@ -401,13 +401,14 @@ class Launch:
         backend.import_keras(chosen)
         import jax
 
-        from . import compiled, data, hardware, models
+        from ..training import compiled, hardware, models
+        from ..data import datasets
 
         models.check(first.model, first.optimizer)
         scope, device_text = hardware.setup(first.hardware, chosen)
-        ds = data.load(first.dataset, data.data_dir(first.data_dir))
+        ds = datasets.load(first.dataset, datasets.data_dir(first.data_dir))
         log.info("Data: %s (%s, sha256 %s)", ", ".join(f"{k} {n}" for k, n in ds.sizes.items()), ds.path, ds.sha256[:12])
-        from .config import Accelerator
+        from ..config import Accelerator
 
         device = jax.devices("cpu")[0] if Accelerator(first.hardware.accelerator) == Accelerator.cpu else jax.devices()[0]
         free = compiled.free_device_bytes(device)
@@ -422,8 +423,9 @@ class Launch:
                 yield m, self._alone(m)
             return
 
-        from . import plots, vmapped
-        from .train import plot_title
+        from ..report import plots
+        from ..training.record import plot_title
+        from . import vmapped
 
         sample = compiled.rows(ds.val)  # a batch of the dataset's device form, to build each member's variables
         ready, program = [], None
@@ -434,7 +436,7 @@ class Launch:
                 m.state = vmapped.Program.state_of(m.model)
             except Exception as err:  # this point's run fails; the others go on
                 m.error = err
-                self._end(m, "FAILED", f"{type(err).__name__}: {err}")
+                self._end(m, err)
                 yield m, self._failed_return(m, err)
                 continue
             if program is None:  # the first member's model serves the group as template
@@ -465,14 +467,9 @@ class Launch:
                     yield m, self._finish(m, program, program.member(state, i),
                                           {k: float(v[i]) for k, v in test.items()}, ds, drawn)
         except BaseException as err:  # Ctrl-C, SIGTERM, a bug: every run of the group still open ends, with why
-            interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
-            from . import runs
-
-            status, reason = ("KILLED", runs.interrupt_reason(err)) if interrupted else (
-                "FAILED", f"{type(err).__name__}: {err}")
             for m in ready:
-                self._end(m, status, reason)
-            if interrupted:
+                self._end(m, err)
+            if status.interrupted(err):
                 print("Interrupted: the sweep's open MLflow runs were ended KILLED after their last finished epoch "
                       "(checkpointed).\nResume the sweep (FINISHED points are skipped, the others continue their "
                       f"runs) with:\n  {self.resume_command()}", file=sys.stderr)
@@ -495,7 +492,7 @@ class Launch:
     def _unfinished(self, parent_run_id: str) -> dict[str, str]:
         """The sweep's earlier children that did not finish, searched once for all members (~35 ms a search): asked
         before this launch opened any run, so a member never counts another's new run."""
-        from . import sweep
+        from ..sweeps import sweep
 
         if parent_run_id not in self.unfinished:
             self.unfinished[parent_run_id] = sweep.unfinished(parent_run_id)
@@ -512,12 +509,13 @@ class Launch:
 
     def _setup(self, m: Member, ds, chosen, device_text: str, scope, size: int, g: int) -> None:
         """What train() does before training, for one member: its run, tags, params, inputs, checkpoint, model."""
-        import keras
         import mlflow
         from hydra.core.utils import _save_config
         from mlflow.tracking import MlflowClient
 
-        from . import backend, config, inputs, liveness, models, outbox, preflight, redaction, runs, store, train
+        from .. import config, preflight
+        from ..tracking import liveness, outbox, runs, store
+        from ..training import backend, record
 
         cfg, job = m.cfg, m.job
         config.validate(cfg, job.choices)
@@ -535,7 +533,7 @@ class Launch:
             liveness.reconcile(MlflowClient(), [self.experiments[where]])
         mlflow.set_tracking_uri(where[0])  # what connect set; another group of the sweep may use another store
         experiment_id, client = self.experiments[where], MlflowClient()
-        parent_run_id, tags, m.backup = train.identify(cfg, job, chosen.value, ds.sha256, m.workdir, device_text,
+        parent_run_id, tags, m.backup = record.identify(cfg, job, chosen.value, ds.sha256, m.workdir, device_text,
                                                        Loop.compiled.value, unfinished=self._unfinished)
         tags.update({names.FUSED_GROUP: f"{job.sweep_dir.name}/{g}", names.FUSED_MEMBERS: str(size)})
         m.outbox = outbox.Outbox(m.workdir / outbox.FILENAME, client)
@@ -544,24 +542,19 @@ class Launch:
         m.run_id = run.info.run_id
         m.heartbeat = liveness.Heartbeat(client, m.run_id).start()
         m.backup.record_run(m.run_id)
-        m.outbox.log_inputs(m.run_id, inputs.records(cfg.dataset.name, ds.path, ds.sha256, ds.sizes))
-        runs.log_params(run, {**redaction.params(cfg), names.BACKEND: chosen.value})
+        record.log_start(run, cfg, ds, chosen.value, m.outbox)
         log.info("Job #%d: MLflow run %s%s, output %s, checkpoint %s", job.num, m.run_id,
                  " (resumed)" if m.backup.run_id and m.backup.epochs else "", m.workdir, m.backup.folder)
 
         with scope:  # its model as a lone run builds it: under its own seed
             backend.set_random_seed(chosen, cfg.seed)
-            model = models.build_model(cfg.model, ds.spec)
-            model.compile(optimizer=models.build_optimizer(cfg.optimizer), loss=ds.spec.loss, metrics=["accuracy"])
+            model = record.build(cfg, ds)
             m.initial_epoch = m.backup.restore(model)
         m.epochs = list(m.backup.epochs)
         m.model = model
-        if cfg.trainer.early_stopping_patience is not None:
-            m.stopper = keras.callbacks.EarlyStopping(monitor=cfg.trainer.monitor,
-                                                      patience=cfg.trainer.early_stopping_patience,
-                                                      restore_best_weights=True, verbose=0)
+        m.stopper = record.early_stopping(cfg)
         if m.epochs:  # epochs the backup has and MLflow lacks (killed between the two): sent now
-            from .callbacks import MLflowMetrics
+            from ..training.callbacks import MLflowMetrics
 
             MLflowMetrics(m.run_id, client, finished_epochs=m.epochs, outbox=m.outbox).on_train_begin()
 
@@ -574,8 +567,8 @@ class Launch:
         import numpy as np
         from mlflow.entities import Metric
 
-        from . import runs, vmapped
-        from .callbacks import numeric_logs
+        from ..tracking import runs
+        from ..training.callbacks import numeric_logs
 
         for m in chunk:
             m.handle = _Handle(program.model.metrics)
@@ -691,7 +684,8 @@ class Launch:
 
     def _finish_run(self, m: Member, program, state, test: dict, ds, drawn) -> float:
         """What train() does after training, for one member: its result, artifacts, model, and its run's end."""
-        from . import batches, config, runs, train
+        from ..tracking import runs
+        from ..training import record
 
         cfg = m.cfg
         m.heartbeat.stop()
@@ -699,33 +693,27 @@ class Launch:
             with runs.finishing(m.run_id, m.outbox):
                 m.ended = True
                 if m.diverged:
-                    train._raise_on_nan(m.this_start, cfg)
-                history = _history(m)
-                objective = config.objective(history[cfg.trainer.monitor], cfg.trainer.monitor)
-                runs.log_final_metrics(m.outbox, m.run_id, {**{f"test_{k}": v for k, v in test.items()},
-                                                            names.objective(cfg.trainer.monitor): objective})
-                log.info("Job #%d test: %s", m.num, ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
+                    record.raise_on_nan(m.this_start, cfg)
                 program.assign(state)
-                predictions = train._predictions(program.model, batches.first(ds.test, 10), ds.test.y[:10])
-                train._log_artifacts(cfg, history, predictions, program.model, m.workdir, m.outbox, m.run_id,
-                                     plot=lambda path: drawn.take(m.num, path))
+                objective = record.finish(cfg, m.run_id, m.outbox, _history(m), test, program.model, ds, m.workdir,
+                                          plot=lambda path: drawn.take(m.num, path))
         except Exception:
             log.exception("Job #%d (run %s) failed", m.num, m.run_id)
             raise
         m.backup.discard()  # FINISHED: nothing left to resume
         log.info("Job #%d: run %s FINISHED", m.num, m.run_id)
-        return float(objective)
+        return objective
 
-    def _end(self, m: Member, status: str, reason: str) -> None:
-        """End a member's run that is still open (not yet being finished): KILLED or FAILED with the reason."""
-        from . import runs
+    def _end(self, m: Member, err: BaseException) -> None:
+        """End a member's run that is still open (not yet being finished), as `err` ends a run (KILLED or FAILED)."""
+        from ..tracking import runs
 
         if m.heartbeat is not None:
             m.heartbeat.stop()
         if m.run_id is None or m.ended:
             return
         m.ended = True
-        runs.end_member(m.run_id, status, reason, m.outbox)
+        runs.end_member(m.run_id, err, m.outbox)
 
     def _failed_return(self, m: Member, err: BaseException):
         from hydra.core.utils import JobReturn, JobStatus

@@ -36,14 +36,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from . import names
+from ..tracking import names
 from .callbacks import numeric_logs
-from .paths import PROJECT_ROOT
+from ..paths import CHECKPOINT_STATE, PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = PROJECT_ROOT / "checkpoints"
-STATE = "state.json"
+STATE = CHECKPOINT_STATE
 
 
 def backup_dir(configured: str | None, output_dir: Path, job_num: int | None = None) -> Path:

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import scipy.sparse
 
-from .data import Split
+from ..data.datasets import Split
 
 
 class MultiHotBatches(keras.utils.PyDataset):

@@ -80,7 +80,7 @@ def compare(histories: dict[str, dict[str, list[float]]], path: Path, title: str
 
 
 class Workers:
-    """History plots drawn by worker processes (python -m src.plots, `serve`), for a launcher that ends many runs
+    """History plots drawn by worker processes (python -m src.report.plots, `serve`), for a launcher that ends many runs
     one after another (the fused launcher): it asks for every plot at once, then takes each as it ends that run.
 
     A plot is ~150 ms of matplotlib, a third of a fused member's end. Plain subprocesses, not multiprocessing: a
@@ -97,7 +97,7 @@ class Workers:
         import sys
         import tempfile
 
-        from .paths import PROJECT_ROOT
+        from ..paths import PROJECT_ROOT
 
         self._folder = tempfile.TemporaryDirectory(prefix="le5-plots-")
         self._pending: dict[int, tuple] = {}
@@ -106,7 +106,7 @@ class Workers:
         try:
             for _ in range(count):
                 self.processes.append(subprocess.Popen(
-                    [sys.executable, "-m", "src.plots"], cwd=PROJECT_ROOT, stdin=subprocess.PIPE,
+                    [sys.executable, "-m", "src.report.plots"], cwd=PROJECT_ROOT, stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, text=True, start_new_session=True))
         except OSError as err:  # no processes to spare: the plots are drawn here
             log.warning("Plot workers did not start (%s); drawing the plots in this process", err)
@@ -175,7 +175,7 @@ class Workers:
 
 
 def serve(requests, replies) -> None:
-    """A plot worker (python -m src.plots, started by `Workers`): one JSON request a line
+    """A plot worker (python -m src.report.plots, started by `Workers`): one JSON request a line
     ({"history", "path", "title"}), one JSON reply a line ({"path"} or {"error"}), until its input closes."""
     for line in requests:
         try:

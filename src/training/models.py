@@ -10,9 +10,9 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from .config import ConfigError
+from ..config import ConfigError
 from .batches import sparse_inputs
-from .data import InputSpec
+from ..data.datasets import InputSpec
 
 
 def mnist_dense(cfg, spec: InputSpec) -> keras.Model:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import Accelerator, Backend, ConfigError, Loop, Strategy
+from ..config import Accelerator, Backend, ConfigError, Loop, Strategy
 
 # auto on a CPU device. Set from benchmarks/bench_compiled.py on the development machine (README).
 AUTO_ON_CPU = Loop.fit
@@ -54,7 +54,7 @@ class FitLoop:
         ).history
 
     def evaluate(self, split: str = "test") -> dict[str, float]:
-        from . import batches
+        from . import batches  # imports Keras: after the backend is set
 
         return self.model.evaluate(**batches.fit_args(getattr(self.ds, split), self.batch_size), return_dict=True,
                                    verbose=0)

@@ -18,9 +18,9 @@ from pathlib import Path
 import mlflow
 from mlflow.entities import ViewType
 
-from .errors import UserError
-from .paths import PROJECT_ROOT
-from .preflight import check_folder
+from ..errors import UserError
+from ..paths import PROJECT_ROOT
+from ..preflight import check_folder
 from .redaction import redact
 
 log = logging.getLogger(__name__)

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse
 
-from . import config
-from .config import Kind
-from .errors import UserError
-from .paths import PROJECT_ROOT
+from .. import config
+from ..config import Kind
+from ..errors import UserError
+from ..paths import PROJECT_ROOT
 
 DATA_DIR_ENV = "LE5_DATA_DIR"
 KERAS_ARRAYS = ("x_train", "y_train", "x_test", "y_test")

@@ -21,7 +21,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 
-from . import liveness, names
+from . import liveness, names, status
 from .outbox import Outbox
 from .outbox import import_command as outbox_import_command
 from .redaction import redact
@@ -29,8 +29,7 @@ from .redaction import redact
 log = logging.getLogger(__name__)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (SLURM's time limit, preemption, scancel) turned into an exception, like Ctrl-C."""
+Terminated = status.Terminated  # what a SIGTERM raises (signals_raise): a run it ends is KILLED
 
 
 # One worker, so epochs reach the store in order; shared by every run of the process.
@@ -104,14 +103,11 @@ def run(
     try:
         yield active
         raise_if_interrupted()  # one swallowed on the way still ends the run KILLED, not FINISHED
-    except (KeyboardInterrupt, SystemExit) as err:  # SystemExit: submitit's requeue exits so
-        _end(active, "KILLED", interrupt_reason(err), outbox, monitor)
-        raise
-    except BaseException as err:
-        _end(active, "FAILED", f"{type(err).__name__}: {err}", outbox, monitor)
+    except BaseException as err:  # SystemExit too: submitit's requeue exits so
+        _end(active, *status.ending(err), outbox, monitor)
         raise
     else:
-        _end(active, "FINISHED", None, outbox, monitor)
+        _end(active, *status.ending(None), outbox, monitor)
     finally:
         heartbeat.stop()
         restore()
@@ -141,7 +137,7 @@ def open_member(
         resume_run_id = None
     if resume_run_id:
         client.log_batch(resume_run_id, tags=[RunTag(k, v) for k, v in tags.items()])  # owned before RUNNING
-        client.update_run(resume_run_id, status="RUNNING")
+        client.update_run(resume_run_id, status=status.RUNNING)
         with contextlib.suppress(mlflow.exceptions.MlflowException):  # the reason of the last stop
             client.delete_tag(resume_run_id, names.FAILURE_REASON)
         return client.get_run(resume_run_id)
@@ -150,14 +146,16 @@ def open_member(
     return client.create_run(experiment_id, run_name=run_name, tags=registry.resolve_tags(tags))
 
 
-def end_member(run_id: str, status: str, reason: str | None, outbox: Outbox) -> None:
-    """End a run opened by `open_member` (after the metrics queued for it), through its outbox."""
+def end_member(run_id: str, err: BaseException, outbox: Outbox) -> None:
+    """End a run opened by `open_member` (after the metrics queued for it), through its outbox, with the status
+    that `err` gives it (src/tracking/status.py)."""
+    end, reason = status.ending(err)
     wait_for_metrics()
     if reason:
         outbox.set_tag(run_id, names.FAILURE_REASON, reason[:4000])
-    outbox.end(run_id, status)
+    outbox.end(run_id, end)
     if reason:
-        log.error("Run %s ended %s: %s", run_id, status, reason)
+        log.error("Run %s ended %s: %s", run_id, end, reason)
 
 
 @contextlib.contextmanager
@@ -168,14 +166,11 @@ def finishing(run_id: str, outbox: Outbox):
     active = mlflow.start_run(run_id=run_id, log_system_metrics=False)
     try:
         yield active
-    except (KeyboardInterrupt, SystemExit) as err:
-        _end(active, "KILLED", interrupt_reason(err), outbox)
-        raise
     except BaseException as err:
-        _end(active, "FAILED", f"{type(err).__name__}: {err}", outbox)
+        _end(active, *status.ending(err), outbox)
         raise
     else:
-        _end(active, "FINISHED", None, outbox)
+        _end(active, *status.ending(None), outbox)
 
 
 # MLflow's monitor says at INFO that it started, stopped, and skips GPU metrics on a CPU node: four lines of every
@@ -239,16 +234,7 @@ def _resumable(run_id: str, experiment_id: str) -> bool:
     return True
 
 
-def interrupt_reason(err: BaseException) -> str:
-    """The failure_reason of a run ended KILLED by `err` (Ctrl-C, SIGTERM, a requeue's exit)."""
-    if isinstance(err, Terminated):
-        return f"Terminated: {err}: interrupted during training"  # "SIGTERM (signal 15)"
-    if isinstance(err, KeyboardInterrupt):
-        return "KeyboardInterrupt (Ctrl-C): interrupted during training"
-    return f"{type(err).__name__}: interrupted"
-
-
-def _end(active, status: str, reason: str | None, outbox: Outbox | None, monitor=None) -> None:
+def _end(active, end: str, reason: str | None, outbox: Outbox | None, monitor=None) -> None:
     run_id = active.info.run_id
     if monitor is not None:
         with contextlib.suppress(Exception):  # its last samples; never a reason not to end the run
@@ -259,15 +245,15 @@ def _end(active, status: str, reason: str | None, outbox: Outbox | None, monitor
             if reason:
                 mlflow.set_tag(names.FAILURE_REASON, reason[:4000])
         finally:
-            mlflow.end_run(status)
+            mlflow.end_run(end)
     else:
         if reason:
             outbox.set_tag(run_id, names.FAILURE_REASON, reason[:4000])
-        outbox.end(run_id, status)  # sent, or kept in the outbox's file with the import command
+        outbox.end(run_id, end)  # sent, or kept in the outbox's file with the import command
         with contextlib.suppress(Exception):
-            mlflow.end_run(status)  # clears MLflow's active run (its own set_terminated repeats the outbox's)
+            mlflow.end_run(end)  # clears MLflow's active run (its own set_terminated repeats the outbox's)
     if reason:
-        log.error("Run %s ended %s: %s", run_id, status, reason)
+        log.error("Run %s ended %s: %s", run_id, end, reason)
 
 
 _INTERRUPTED: list[BaseException] = []  # the Ctrl-C or SIGTERM that arrived (see raise_if_interrupted)

@@ -11,7 +11,7 @@ import socket
 import subprocess
 
 from . import names
-from .paths import PROJECT_ROOT
+from ..paths import PROJECT_ROOT
 from .redaction import redact
 
 SLURM_TAGS = [

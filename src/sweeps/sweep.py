@@ -29,10 +29,12 @@ from hydra.experimental.callback import Callback
 from mlflow.entities import RunTag
 from omegaconf import DictConfig
 
-from . import liveness, names, store
-from .config import best as best_of
-from .config import lower_is_better
-from .tables import markdown_table
+from .. import overrides as ov
+from ..tracking import liveness, names, store
+from . import manifest
+from ..config import best as best_of
+from ..config import lower_is_better
+from ..report.tables import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -68,21 +70,15 @@ def unfinished(parent_run_id: str, point: str | None = None) -> dict[str, str]:
             if r.info.status != "FINISHED" and names.SWEEP_POINT in r.data.tags}
 
 
-def manifest_resume(command: list[str] | None, sweep_dir: Path) -> str:
-    from .manifest import resume_command
-
-    return resume_command(command or [], sweep_dir)
-
-
 # Hydra's own overrides that say where this start writes, not how the sweep runs: the resume command names the
 # folder itself, and Hydra adds the mode for -m.
-NOT_IN_COMMAND = ("hydra.sweep.dir=", "hydra.run.dir=", "hydra.mode=")
+NOT_IN_COMMAND = ("hydra.sweep.dir", "hydra.run.dir", "hydra.mode")
 
 
 def command(config) -> list[str]:
     """The sweep's command as overrides: Hydra's own that choose how it runs (hydra/launcher=fused,
     hydra.launcher.partition=gpu), then the task's; what the resume command repeats."""
-    chosen = [o for o in config.hydra.overrides.hydra if not o.startswith(NOT_IN_COMMAND)]
+    chosen = ov.without(list(config.hydra.overrides.hydra), NOT_IN_COMMAND)
     return [*chosen, *config.hydra.overrides.task]
 
 
@@ -101,7 +97,7 @@ def varied(sweep_dir: Path | None, overrides: list[str]) -> list[str] | None:
     keys = json.loads(path.read_text()).get("swept")
     if keys is None:
         return None
-    return [o for o in overrides if o.lstrip("+~").split("=", 1)[0] in keys]
+    return [o for o in overrides if ov.key(o) in keys]
 
 
 class MLflowSweep(Callback):
@@ -118,7 +114,7 @@ class MLflowSweep(Callback):
         return {**self.__dict__, "_heartbeat": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from .store import TrackingError
+        from ..tracking.store import TrackingError
 
         try:
             self._start(config)
@@ -130,8 +126,8 @@ class MLflowSweep(Callback):
     def _start(self, config: DictConfig) -> None:
         from mlflow.tracking import MlflowClient
 
-        from . import liveness, store
-        from .config import experiment_name
+        from ..tracking import liveness, store
+        from ..config import experiment_name
 
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         self.monitor = config.trainer.monitor
@@ -183,7 +179,7 @@ class MLflowSweep(Callback):
         """The sweep folder's own parent run, RUNNING again, when this is the same command; else refuse."""
         from mlflow.tracking import MlflowClient
 
-        from . import store
+        from ..tracking import store
 
         parent = json.loads(record.read_text())
         client = MlflowClient(uri)
@@ -195,7 +191,7 @@ class MLflowSweep(Callback):
         if before is None and run is not None:
             before = json.loads(run.data.tags.get(names.SWEEP_OVERRIDES, "null"))
         if run is None or parent.get("tracking_uri") != uri or before != self._command:
-            started = (f"its command: {manifest_resume(before, self.sweep_dir)}" if before is not None
+            started = (f"its command: {manifest.resume_command(before, self.sweep_dir)}" if before is not None
                        else f"its MLflow parent run {parent.get('run_id')} is not in {uri}")
             raise store.TrackingError(
                 f"the sweep folder {self.sweep_dir} belongs to another sweep ({record}): {started}.\n"
@@ -221,7 +217,7 @@ class MLflowSweep(Callback):
             log.error("The sweep did not complete: summarising what ran")
             self._finish("FAILED", reason="the sweep did not complete: a job failed or the driver was stopped")
             log.error("Continue it (points already FINISHED are skipped, failed ones rerun) with:\n  %s",
-                      manifest_resume(self._command, self.sweep_dir))
+                      manifest.resume_command(self._command or [], self.sweep_dir))
 
     def _finish(self, status: str, reason: str | None = None) -> None:
         from mlflow.tracking import MlflowClient
@@ -234,10 +230,8 @@ class MLflowSweep(Callback):
         if status != "FINISHED":
             _end_dead(client, children)
             children = _children(client, self.parent_run_id)
-        from .manifest import Manifest
-
-        manifest = Manifest(self.sweep_dir)
-        progress = manifest.progress(children) if manifest.points else None
+        points = manifest.Manifest(self.sweep_dir)
+        progress = points.progress(children) if points.points else None
         if status == "FINISHED" and progress is not None and progress.finished < progress.total:
             status, reason = "FAILED", f"the sweep did not complete: {progress.line()}"
         text, best = summary(children, self.monitor)

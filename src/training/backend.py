@@ -12,8 +12,8 @@ import re
 import sys
 import tempfile
 
-from .config import Accelerator, Backend
-from .errors import UserError
+from ..config import Accelerator, Backend
+from ..errors import UserError
 
 ENV = "KERAS_BACKEND"
 DEFAULT = Backend.tensorflow  # the package the project is built around

@@ -12,8 +12,8 @@ import os
 
 import keras
 
-from .config import Accelerator, Backend, Strategy
-from .errors import UserError
+from ..config import Accelerator, Backend, Strategy
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from . import names
-from .config import lower_is_better
-from .errors import UserError
+from ..tracking import names
+from ..config import lower_is_better
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +382,7 @@ def summary(study, n_trials: int) -> str:
     """A Markdown table of the trials and the compute pruning saved (epochs run against every trial's epochs)."""
     from optuna.trial import TrialState
 
-    from .tables import markdown_table
+    from ..report.tables import markdown_table
 
     trials = study.get_trials(deepcopy=False)
     epochs = study.user_attrs.get("epochs")

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
-from .compiled import Rows, _model_inputs, rows
+from ..training.compiled import Rows, _model_inputs, rows
 
 log = logging.getLogger(__name__)
 

@@ -23,29 +23,28 @@ import hashlib
 import json
 import logging
 import re
-import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from . import names
+from .. import overrides as ov
+from ..paths import CHECKPOINT_STATE
+from ..tracking import names
 
 log = logging.getLogger(__name__)
 
 FILE = "sweep_manifest.json"
-# What does not change what a point trains: where it is recorded, its checkpoint folder, how much it prints.
-NOT_IN_HASH = ("tracking", "trainer.backup_dir", "trainer.verbose")
 BACKUP_OVERRIDE = "trainer.backup_dir"
 
 
 def point_hash(cfg) -> str:
-    """A point's identity: a hash of its resolved config without Hydra's node and NOT_IN_HASH."""
+    """A point's identity: a hash of its resolved config without Hydra's node and the settings that do not change
+    what is trained (overrides.NOT_TRAINED)."""
     resolved = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
     resolved.pop("hydra", None)
     resolved = OmegaConf.to_container(OmegaConf.create(resolved), resolve=True)
-    for key in NOT_IN_HASH:
+    for key in ov.NOT_TRAINED:
         node, *path = key.split(".")
         if not path:
             resolved.pop(node, None)
@@ -56,8 +55,8 @@ def point_hash(cfg) -> str:
 
 def resume_command(overrides: list[str], sweep_dir: Path) -> str:
     """The command that continues the sweep in `sweep_dir`: its own overrides, in its folder."""
-    kept = [o for o in overrides if not o.startswith("hydra.sweep.dir=")]
-    return shlex.join([sys.executable, "-m", "src.train", "-m", *kept, f"hydra.sweep.dir={sweep_dir}"])
+    return ov.train_command([*ov.without(overrides, ["hydra.sweep.dir"]), f"hydra.sweep.dir={sweep_dir}"],
+                            multirun=True)
 
 
 @dataclass
@@ -129,54 +128,6 @@ def plan(runs: list) -> tuple[str, str | None]:
         return "skip", None
     for run in reversed(runs):
         folder = run.data.tags.get(names.BACKUP_DIR)
-        if run.info.status != "RUNNING" and folder and (Path(folder) / "state.json").is_file():
+        if run.info.status != "RUNNING" and folder and (Path(folder) / CHECKPOINT_STATE).is_file():
             return "resume", folder
     return "new", None
-
-
-class ResumingLauncher:
-    """Hydra's configured launcher, given only the points the sweep still needs (see the module docstring)."""
-
-    def __init__(self, inner, sweeper):
-        self.inner, self.sweeper = inner, sweeper
-
-    def __getattr__(self, name):  # everything else is the inner launcher's
-        return getattr(self.inner, name)
-
-    def launch(self, job_overrides, initial_job_idx: int):
-        from mlflow.tracking import MlflowClient
-
-        from . import liveness, store, sweep
-
-        config = self.sweeper.config
-        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
-        record = sweep_dir / sweep.PARENT_FILE
-        if not record.is_file():  # the MLflow sweep callback is off: a plain Hydra sweep
-            return self.inner.launch(job_overrides, initial_job_idx)
-        parent = json.loads(record.read_text())
-        client = MlflowClient(parent["tracking_uri"])
-        liveness.reconcile(client, [parent["experiment_id"]])  # children of a killed driver count as FAILED
-        children = by_point(store.search_runs(client, [parent["experiment_id"]],
-                                              f"tags.{names.PARENT_RUN} = '{parent['run_id']}'"))
-        manifest = Manifest(sweep_dir)
-        todo, skipped, resumed = [], 0, 0
-        for overrides in job_overrides:
-            cfg = self.sweeper.hydra_context.config_loader.load_sweep_config(config, list(overrides))
-            point = point_hash(cfg)
-            manifest.add(point, overrides)
-            action, folder = plan(children.get(point, []))
-            if action == "skip":
-                skipped += 1
-                continue
-            overrides = [o for o in overrides if not o.startswith(f"{BACKUP_OVERRIDE}=")]
-            if action == "resume":
-                resumed += 1
-                overrides.append(f"{BACKUP_OVERRIDE}={folder}")
-            todo.append(overrides)
-        manifest.save(sweep.command(config))
-        if skipped or resumed:
-            log.info("Resuming the sweep in %s: %d point(s) already FINISHED (skipped), %d to run (%d from their "
-                     "checkpoints)", sweep_dir, skipped, len(todo), resumed)
-        if not todo:
-            return []
-        return self.inner.launch(todo, max(initial_job_idx, next_job_num(sweep_dir)))

@@ -13,8 +13,8 @@ import keras
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from . import liveness, names, runs
-from .outbox import Outbox
+from ..tracking import liveness, names, runs
+from ..tracking.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
