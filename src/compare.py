@@ -85,7 +85,7 @@ def _resolve_one(client: MlflowClient, target: str, last: int | None) -> list:
         except MlflowException:
             run = None
         if run is not None:
-            children = store.search_runs(client, [run.info.experiment_id], f"tags.`{PARENT_TAG}` = '{target}'")
+            children = store.children(client, target, run.info.experiment_id)
             return children[-last:] if (children and last) else (children or [run])
     experiment = client.get_experiment_by_name(target)
     if experiment is None:
@@ -204,7 +204,7 @@ def sweep_progress(client: MlflowClient, targets: list[str]) -> list[str]:
         manifest = Manifest(Path(folder)) if folder else None
         if manifest is None or not manifest.points:
             continue
-        children = store.search_runs(client, [parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{target}'")
+        children = store.children(client, target, parent.info.experiment_id)
         progress = manifest.progress(children)
         lines.append(f"Sweep {folder}: {progress.line()} ({progress.total} points).")
         if progress.finished < progress.total:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import shlex
 import sys
 
-# Settings that say where a run is recorded or written, where its data lies, or how much it prints: never what it
-# trains (the dataset's identity is its config and sha256, not its folder). A sweep's point hash leaves them out
-# (a rerun from another folder or store is the same point), run names leave them out, and fused members may
-# differ in them.
-NOT_TRAINED = ("tracking", "data_dir", "trainer.backup_dir", "trainer.verbose")
+# Settings that say where a run is recorded, where its checkpoint goes, or how much it prints: never what it trains.
+# A sweep's point hash leaves them out (a rerun into another store is the same point), run names leave them out,
+# and fused members may differ in them. `data_dir` is not one of them: with dataset.sha256=null, another folder can
+# hold other data (a sweep over data_dir has a point per folder).
+NOT_TRAINED = ("tracking", "trainer.backup_dir", "trainer.verbose")
 
 
 def key(override: str) -> str:

@@ -280,6 +280,42 @@ def _history(client, run, key="val_loss") -> list[float]:
     return [m.value for m in points]
 
 
+# Tags whose values are the run's own (ids, times, folders, hosts), and the fused group's own two tags.
+OWN_VALUES = ("mlflow.", "owner.", "heartbeat", "output_dir", "backup_dir", "sweep.", "fused.", "host")
+
+
+def _record(client, run) -> dict:
+    """What a run records, as comparable between two runs of one point: params (but trainer.loop, which the lone
+    sweep sets to compiled, and the experiment's name), tag names (values too where they are not the run's own or
+    the command's), metric names, artifacts."""
+    tags = run.data.tags
+    return {
+        "params": {k: v for k, v in run.data.params.items() if k not in ("trainer.loop", "tracking.experiment_name")},
+        "tags": sorted(k for k in tags if not k.startswith("fused.")),
+        "tag values": {k: v for k, v in tags.items() if not k.startswith(OWN_VALUES) and k != "overrides"},
+        "metrics": sorted(run.data.metrics),
+        "artifacts": sorted(_artifacts(client, run.info.run_id)),
+    }
+
+
+def _differences(a: dict, b: dict) -> dict:
+    found = {}
+    for field in a:
+        x, y = a[field], b[field]
+        if isinstance(x, dict):
+            found[field] = {k: (x.get(k), y.get(k)) for k in set(x) | set(y) if x.get(k) != y.get(k)}
+        else:
+            found[field] = (sorted(set(x) - set(y)), sorted(set(y) - set(x)))
+    return {k: v for k, v in found.items() if v and v != ([], [])}
+
+
+def _artifacts(client, run_id, path=None) -> list[str]:
+    found = []
+    for item in client.list_artifacts(run_id, path):
+        found += _artifacts(client, run_id, item.path) if item.is_dir else [item.path]
+    return found
+
+
 @jax_only
 def test_each_fused_run_matches_its_point_run_alone_early_stopping_included(data_dir, store, tmp_path):
     """The same 4 points (Dropout on, early stopping with patience 1, up to 8 epochs) swept fused and swept with the
@@ -308,6 +344,9 @@ def test_each_fused_run_matches_its_point_run_alone_early_stopping_included(data
         assert run.data.metrics["test_accuracy"] == pytest.approx(lone_runs[point].data.metrics["test_accuracy"],
                                                                   abs=0.002), point
         assert run.data.metrics["best_val_loss"] == pytest.approx(min(mine), abs=1e-6)
+        # one run record for every launcher (src/training/record.py): the same params, tags, metrics, artifacts
+        fused_record, lone_record = _record(client, run), _record(client, lone_runs[point])
+        assert fused_record == lone_record, (point, _differences(fused_record, lone_record))
         lengths.add(len(mine))
     assert len(lengths) > 1 and min(lengths) < 8  # some member stopped early while another went on
     assert "early stopping after epoch" in fused.stdout + fused.stderr

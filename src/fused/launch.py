@@ -582,6 +582,9 @@ class Launch:
             m.active = m.initial_epoch < total
         best = None
         host = HostWork(program)
+        tracking = chunk[0].cfg.tracking  # the members' system metrics, as a lone run's (one monitor for all)
+        monitor = (runs.GroupSystemMetrics([m.run_id for m in chunk], tracking.system_metrics_interval).start()
+                   if tracking.system_metrics else None)
         restore = runs.signals_raise()
         log.info("Group %d: training %d member(s) together on %s, %d epoch(s)%s", g, len(chunk), device, total,
                  "" if at_once == len(chunk) else f", vmapped {at_once} at a time (hydra.launcher.vmap_members)")
@@ -627,6 +630,8 @@ class Launch:
             raise
         finally:
             restore()
+            if monitor is not None:
+                monitor.finish()
         test = program.evaluate(state, "test")
         return state, test
 

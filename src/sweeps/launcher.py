@@ -11,7 +11,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from .. import overrides as ov
-from ..tracking import liveness, names, store
+from ..tracking import liveness, store
 from . import sweep
 from .manifest import BACKUP_OVERRIDE, Manifest, by_point, next_job_num, plan, point_hash
 
@@ -36,8 +36,7 @@ class ResumingLauncher:
         parent = json.loads(record.read_text())
         client = MlflowClient(parent["tracking_uri"])
         liveness.reconcile(client, [parent["experiment_id"]])  # children of a killed driver count as FAILED
-        children = by_point(store.search_runs(client, [parent["experiment_id"]],
-                                              f"tags.{names.PARENT_RUN} = '{parent['run_id']}'"))
+        children = by_point(store.children(client, parent["run_id"], parent["experiment_id"]))
         manifest = Manifest(sweep_dir)
         todo, skipped, resumed = [], 0, 0
         for overrides in job_overrides:

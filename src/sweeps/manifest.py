@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 
 from .. import overrides as ov
 from ..paths import CHECKPOINT_STATE
-from ..tracking import names
+from ..tracking import names, status
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +98,12 @@ class Manifest:
         states = {point: "missing" for point in self.points}
         for run in sorted(children, key=lambda r: r.info.start_time or 0):
             point = run.data.tags.get(names.SWEEP_POINT)
-            if point in states and states[point] != "FINISHED":
+            if point in states and states[point] != status.FINISHED:
                 states[point] = run.info.status
         values = list(states.values())
         return Progress(
-            total=len(values), finished=values.count("FINISHED"), running=values.count("RUNNING"),
-            failed=sum(v in ("FAILED", "KILLED") for v in values), missing=values.count("missing"),
+            total=len(values), finished=values.count(status.FINISHED), running=values.count(status.RUNNING),
+            failed=sum(v in (status.FAILED, status.KILLED) for v in values), missing=values.count("missing"),
         )
 
 
@@ -124,10 +124,10 @@ def by_point(children: list) -> dict[str, list]:
 
 def plan(runs: list) -> tuple[str, str | None]:
     """What to do with a point given its children: ("skip", None), ("resume", backup folder) or ("new", None)."""
-    if any(r.info.status == "FINISHED" for r in runs):
+    if any(status.finished(r) for r in runs):
         return "skip", None
     for run in reversed(runs):
         folder = run.data.tags.get(names.BACKUP_DIR)
-        if run.info.status != "RUNNING" and folder and (Path(folder) / CHECKPOINT_STATE).is_file():
+        if not status.running(run) and folder and (Path(folder) / CHECKPOINT_STATE).is_file():
             return "resume", folder
     return "new", None

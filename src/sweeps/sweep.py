@@ -30,7 +30,7 @@ from mlflow.entities import RunTag
 from omegaconf import DictConfig
 
 from .. import overrides as ov
-from ..tracking import liveness, names, store
+from ..tracking import liveness, names, runs, status, store
 from . import manifest
 from ..config import best as best_of
 from ..config import lower_is_better
@@ -60,14 +60,10 @@ def unfinished(parent_run_id: str, point: str | None = None) -> dict[str, str]:
     `point`'s when given): the runs that a rerun of those points retries."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient()
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    query = f"tags.{names.PARENT_RUN} = '{parent_run_id}'"
-    if point is not None:
-        query += f" and tags.{names.SWEEP_POINT} = '{point}'"
-    earlier = store.search_runs(client, [experiment_id], query)  # oldest first: the latest wins
+    where = f"tags.`{names.SWEEP_POINT}` = '{point}'" if point is not None else ""
+    earlier = store.children(MlflowClient(), parent_run_id, where=where)  # oldest first: the latest wins
     return {r.data.tags[names.SWEEP_POINT]: r.info.run_id for r in earlier
-            if r.info.status != "FINISHED" and names.SWEEP_POINT in r.data.tags}
+            if not status.finished(r) and names.SWEEP_POINT in r.data.tags}
 
 
 # Hydra's own overrides that say where this start writes, not how the sweep runs: the resume command names the
@@ -106,7 +102,8 @@ class MLflowSweep(Callback):
         self.sweep_dir: Path | None = None
         self.monitor = "val_loss"
         self._ended = False
-        self._heartbeat = None  # the parent run's, while the sweep runs (src/liveness.py)
+        self._heartbeat = None  # the parent run's, while the sweep runs (src/tracking/liveness.py)
+        self._interrupt: BaseException | None = None  # the SIGTERM that stopped the driver
 
     def __getstate__(self) -> dict:
         # hydra-submitit-launcher pickles Hydra's callbacks with each job; the heartbeat thread (locks) is the
@@ -155,7 +152,7 @@ class MLflowSweep(Callback):
             # this driver owns it now (a concurrent reconcile sees a live owner), then it is RUNNING again
             MlflowClient(uri).log_batch(self.parent_run_id, tags=[RunTag(k, v) for k, v in tags.items()
                                                                    if k != names.SWEEP_OVERRIDES])
-            MlflowClient(uri).update_run(self.parent_run_id, status="RUNNING")
+            MlflowClient(uri).update_run(self.parent_run_id, status=status.RUNNING)
             self._heartbeat = liveness.Heartbeat(MlflowClient(uri), self.parent_run_id).start()
         else:
             with handle:
@@ -172,8 +169,12 @@ class MLflowSweep(Callback):
             log.info("MLflow parent run %s for the sweep in %s", self.parent_run_id, self.sweep_dir)
         atexit.register(self._end_unfinished)
         if threading.current_thread() is threading.main_thread():
-            # scancel of the driver: exit through atexit, so the parent gets its summary and ends
-            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+            # scancel of the driver: exit through atexit, so the parent gets its summary and ends (KILLED)
+            signal.signal(signal.SIGTERM, self._terminated)
+
+    def _terminated(self, signum, frame) -> None:
+        self._interrupt = status.Terminated(f"{signal.Signals(signum).name} (signal {signum})")
+        sys.exit(128 + signum)
 
     def _reopen(self, record: Path, uri: str) -> None:
         """The sweep folder's own parent run, RUNNING again, when this is the same command; else refuse."""
@@ -207,7 +208,7 @@ class MLflowSweep(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if self.parent_run_id:
             try:
-                self._finish("FINISHED")
+                self._finish(status.FINISHED)
             except Exception:
                 log.exception("Could not write the sweep summary")
                 self._ended = False  # try again at exit, ending the parent FAILED
@@ -215,11 +216,16 @@ class MLflowSweep(Callback):
     def _end_unfinished(self) -> None:
         if self.parent_run_id and not self._ended:
             log.error("The sweep did not complete: summarising what ran")
-            self._finish("FAILED", reason="the sweep did not complete: a job failed or the driver was stopped")
+            # Ctrl-C or SIGTERM of the driver (or of the job it ran in-process) ends the parent KILLED, as its runs
+            interrupt = self._interrupt or runs.interruption()
+            if interrupt is not None:
+                self._finish(*status.ending(interrupt))
+            else:
+                self._finish(status.FAILED, reason="the sweep did not complete: a job failed or the driver was stopped")
             log.error("Continue it (points already FINISHED are skipped, failed ones rerun) with:\n  %s",
                       manifest.resume_command(self._command or [], self.sweep_dir))
 
-    def _finish(self, status: str, reason: str | None = None) -> None:
+    def _finish(self, end: str, reason: str | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
         self._ended = True
@@ -227,13 +233,13 @@ class MLflowSweep(Callback):
             self._heartbeat.stop()
         client = MlflowClient(self._uri)
         children = _children(client, self.parent_run_id)
-        if status != "FINISHED":
+        if end != status.FINISHED:
             _end_dead(client, children)
             children = _children(client, self.parent_run_id)
         points = manifest.Manifest(self.sweep_dir)
         progress = points.progress(children) if points.points else None
-        if status == "FINISHED" and progress is not None and progress.finished < progress.total:
-            status, reason = "FAILED", f"the sweep did not complete: {progress.line()}"
+        if end == status.FINISHED and progress is not None and progress.finished < progress.total:
+            end, reason = status.FAILED, f"the sweep did not complete: {progress.line()}"
         text, best = summary(children, self.monitor)
         if progress is not None:
             text += f"\nPoints: {progress.line()}.\n"
@@ -252,13 +258,12 @@ class MLflowSweep(Callback):
             tags[names.FAILURE_REASON] = reason
         for key, value in tags.items():
             client.set_tag(self.parent_run_id, key, value)
-        client.set_terminated(self.parent_run_id, status)
-        log.info("Sweep summary (MLflow parent run %s, %s):\n%s", self.parent_run_id, status, text)
+        client.set_terminated(self.parent_run_id, end)
+        log.info("Sweep summary (MLflow parent run %s, %s):\n%s", self.parent_run_id, end, text)
 
 
 def _children(client, parent_run_id: str) -> list:
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    runs = store.search_runs(client, [experiment_id], f"tags.{names.PARENT_RUN} = '{parent_run_id}'")
+    runs = store.children(client, parent_run_id)
     return sorted(runs, key=lambda run: int(run.data.tags.get(names.SWEEP_JOB_NUM, 0)))  # in the sweep's order
 
 
@@ -280,12 +285,12 @@ def summary(children: list, monitor: str = "val_loss") -> tuple[str, object | No
         )
     # The best run is the one with the best objective (its best epoch, as src.train returns), not the best last epoch.
     objective = names.objective(monitor)
-    finished = [r for r in children if r.info.status == "FINISHED" and objective in r.data.metrics]
+    finished = [r for r in children if status.finished(r) and objective in r.data.metrics]
     best = None
     if finished:
         best = best_of(finished, monitor, key=lambda r: r.data.metrics[objective])
     lines = [
-        f"# Sweep: {len(children)} runs, {sum(r.info.status == 'FINISHED' for r in children)} finished",
+        f"# Sweep: {len(children)} runs, {sum(status.finished(r) for r in children)} finished",
         "",
         markdown_table(columns, [[str(c) for c in row] for row in rows]),
         "",
@@ -310,7 +315,7 @@ def _end_dead(client, children: list) -> None:
     """Mark FAILED the children still RUNNING whose job is over (killed hard, node lost): liveness's rule, told
     that the sweep's jobs have returned."""
     for run in children:
-        if run.info.status != "RUNNING":
+        if not status.running(run):
             continue
         reason = liveness.why_dead(run.data.tags, run.info.start_time, job_returned=True)
         if reason is not None:

@@ -209,6 +209,38 @@ class SystemMetrics(SystemMetricsMonitor):
         return self
 
 
+class GroupSystemMetrics(SystemMetrics):
+    """One system-metrics monitor for the runs of a fused group (one process, one machine): each sample goes to
+    every member's run, so a member's record has the system/ metrics a lone run has. It samples every `interval`
+    from the start: at 1 s, 16 members would write 16 requests a second for the first minute."""
+
+    FIRST_MINUTE_S = 0.0
+
+    def __init__(self, run_ids: list[str], interval: float):
+        self._run_ids = list(run_ids)
+        self._published = False
+        super().__init__(self._run_ids[0], interval)
+
+    def finish(self) -> None:
+        """Stop sampling; a group that trained for less than one interval still logs what was sampled."""
+        super().finish()
+        if not self._published:
+            with contextlib.suppress(Exception):  # never a reason not to end the runs
+                if metrics := self.aggregate_metrics():
+                    self.publish_metrics(metrics)
+
+    def publish_metrics(self, metrics) -> None:
+        self._published = True
+        now, step = int(time.time() * 1000), self._logging_step
+        values = [Metric(f"{self._metrics_prefix}{k}", float(v), now, step) for k, v in metrics.items()]
+        client = MlflowClient()
+        for run_id in self._run_ids:
+            client.log_batch(run_id, metrics=values)
+        self._logging_step += 1
+        for monitor in self.monitors:
+            monitor.clear_metrics()
+
+
 def log_params(active, params: dict[str, str]) -> None:
     """Log the run's config. A resumed run keeps the values it was started with (MLflow refuses to change
     a param); one given differently now (trainer.backup_dir, more trainer.epochs, another tracking or
@@ -257,6 +289,11 @@ def _end(active, end: str, reason: str | None, outbox: Outbox | None, monitor=No
 
 
 _INTERRUPTED: list[BaseException] = []  # the Ctrl-C or SIGTERM that arrived (see raise_if_interrupted)
+
+
+def interruption() -> BaseException | None:
+    """The Ctrl-C or SIGTERM that arrived during this process's last run or fused group, if one did."""
+    return _INTERRUPTED[0] if _INTERRUPTED else None
 
 
 def raise_if_interrupted() -> None:

@@ -21,6 +21,7 @@ from mlflow.entities import ViewType
 from ..errors import UserError
 from ..paths import PROJECT_ROOT
 from ..preflight import check_folder
+from . import names
 from .redaction import redact
 
 log = logging.getLogger(__name__)
@@ -214,3 +215,12 @@ def search_runs(client, experiment_ids: list[str], filter_string: str = "") -> l
         token = page.token
         if not token:
             return runs
+
+
+def children(client, parent_run_id: str, experiment_id: str | None = None, where: str = "") -> list:
+    """Every active child run of `parent_run_id` (a sweep's jobs), oldest first, all pages; `where`: a further
+    search filter (e.g. one point's tag). The one spelling of that query."""
+    if experiment_id is None:
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
+    query = f"tags.`{names.PARENT_RUN}` = '{parent_run_id}'" + (f" and {where}" if where else "")
+    return search_runs(client, [experiment_id], query)

@@ -33,8 +33,8 @@ class Job:
 
 
 # What a run name leaves out besides the settings that do not change what is trained: Hydra's own keys, the model
-# (the name's first word) and the backend (a tag of its own).
-NOT_IN_RUN_NAMES = (*ov.NOT_TRAINED, "hydra", "model", "backend")
+# (the name's first word), the backend (a tag of its own) and the data folder (a name holds no paths).
+NOT_IN_RUN_NAMES = (*ov.NOT_TRAINED, "hydra", "model", "backend", "data_dir")
 
 
 def run_name(hc) -> str:
