@@ -631,7 +631,7 @@ def test_help_explains_every_option(capsys, monkeypatch):
     assert exit_.value.code == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal's width
     assert text.startswith("usage: python -m src.compare [-h] [--tracking-uri TRACKING_URI] [--last LAST] "
-                           "[--out OUT] [--no-log] targets [targets ...] ")
+                           "[--out OUT] [--no-log] [--by KEY] [--no-group] [--top N] targets [targets ...] ")
     for part in [
         "Compare runs from the MLflow store in a terminal: a table, an overlaid plot, a Markdown report.",
         "targets an experiment name, a sweep's parent run id, or run ids",
@@ -640,6 +640,9 @@ def test_help_explains_every_option(capsys, monkeypatch):
         "--last LAST only the N most recent runs of each experiment/sweep",
         "--out OUT folder for compare.png and report.md (default: outputs/compare/<targets>)",
         "--no-log do not log the plot and report to the parent run",
+        "--by KEY group the runs by this setting",
+        "--no-group list every run, seeds not aggregated",
+        "--top N rows of the terminal's table",
     ]:
         assert part in text
     assert "Needs no browser" not in text  # only the docstring's first paragraph
