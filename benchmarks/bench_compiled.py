@@ -3,7 +3,7 @@
     LE5_DATA_DIR=/work/shared/data python -m benchmarks.bench_compiled [--repeats 3] [--hardware cpu]
 
 Each round builds the same model from the same seed twice and trains it with `model.fit` (the project's
-fit path: uint8 arrays, or MultiHotBatches for IMDB) and with src/compiled.py's Epochs, alternating which
+fit path: uint8 arrays, or MultiHotBatches for IMDB) and with src/training/compiled.py's Epochs, alternating which
 goes first; round r uses seed 42 + r. No MLflow: only the loops are timed. Figures: the median steady-state
 epoch time (epochs 2..N, train + validation; epoch 1 also compiles) of each loop, the ratio fit / compiled,
 and test accuracies per seed (the same seeds should give accuracies equal in distribution).

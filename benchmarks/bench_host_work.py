@@ -4,7 +4,7 @@
     python -m benchmarks.bench_host_work [--repeats 3] [--epochs 12]
 
 Keras on JAX, on the CPU; MNIST-shaped synthetic data (500 training images, batch 128: 4 steps per epoch). Each
-round trains, from seed 0 and in alternating order, three runs per model through src/compiled.py's Epochs:
+round trains, from seed 0 and in alternating order, three runs per model through src/training/compiled.py's Epochs:
 - before: the callbacks of src/train.py (StopOnSignal, TerminateOnNaN, the checkpoint, MLflowMetrics into a real
   SQLite store) as they were: the checkpoint by `model.save_weights` (.h5) and an fsync'd state.json in the epoch,
   a heartbeat tag written at every epoch's end;

@@ -7,10 +7,10 @@ Each side runs in its own process; peak memory is that process's maximum residen
   lab float64:  the lab's code: float64 multi-hot matrices built with a Python loop, then fit (run once, on the
                 first backend: 8.6 GB, slow, and its memory barely varies)
   dense32:      plain Keras, one dense float32 multi-hot matrix per split (vectorised), fit on numpy arrays
-  src.train:    the project (src/batches.py: CSR rows as sparse batches into a sparse Input on TensorFlow, made
+  src.train:    the project (src/training/batches.py: CSR rows as sparse batches into a sparse Input on TensorFlow, made
                 dense per batch by MultiHotBatches elsewhere), MLflow tracking on
   --profile adds
-  project input path, plain fit: the lab's model and plain fit fed as src/batches.py feeds the project
+  project input path, plain fit: the lab's model and plain fit fed as src/training/batches.py feeds the project
 Every side runs once per round, the order reversed every other round; time ratios are per round, then the median.
 Targets: src.train / dense32 per epoch <= 1.0 on the same backend (the project's overhead), the fastest backend's
 src.train <= 1.0x dense32 on TensorFlow, and peak memory of src.train <= 1/5 of the lab's.

@@ -11,7 +11,7 @@ parent adds wall time and peak resident memory. The plain-Keras modes run on $KE
   lab_mnist EPOCHS DIR     the lab's MNIST code: numpy float32 arrays, Sequential, model.fit
   lab_imdb EPOCHS DIR      the lab's IMDB code: float64 multi-hot built with a Python loop, then fit
   dense_imdb EPOCHS DIR    IMDB as one dense float32 multi-hot matrix per split (vectorised), then fit
-  batches_imdb EPOCHS DIR  the lab's IMDB model and fit, fed as src/batches.py feeds the project (sparse
+  batches_imdb EPOCHS DIR  the lab's IMDB model and fit, fed as src/training/batches.py feeds the project (sparse
                            batches on TensorFlow, MultiHotBatches elsewhere): the input path alone
 """
 
@@ -227,7 +227,7 @@ def dense_imdb(epochs: int, data_dir: Path, validation: int = 10000) -> None:
 
 
 def batches_imdb(epochs: int, data_dir: Path) -> None:
-    """Plain Keras fed as src/batches.py feeds the project (CSR through Keras's sparse path into a sparse Input
+    """Plain Keras fed as src/training/batches.py feeds the project (CSR through Keras's sparse path into a sparse Input
     on TensorFlow; MultiHotBatches, dense per batch, elsewhere): the project's input path, nothing else of it."""
     ds = _imdb_project_splits(data_dir)
     import keras

@@ -11,7 +11,7 @@ synthetic files of the same shape otherwise (benchmarks/synthetic.py). With --sc
 of the files' training and test samples (real or synthetic): checks of the script, not of speed or accuracy.
 Goal: src.train's steady epoch <= 1.1x plain Keras `fit` on the same backend.
 
-Loops: `fit` (Keras's model.fit) on every backend, `compiled` (trainer.loop=compiled, src/compiled.py) on jax;
+Loops: `fit` (Keras's model.fit) on every backend, `compiled` (trainer.loop=compiled, src/training/compiled.py) on jax;
 --bench-compiled also runs benchmarks/bench_compiled.py (fit vs compiled epochs alternating, per-seed accuracies).
 Extending: a training loop is a function in LOOPS returning its runs for a backend (see `fit_runs`); `--loop`
 picks loops by name. Each run is (name, src.train overrides, plain Keras child mode or None).
@@ -58,7 +58,7 @@ def fit_runs(backend: str, hardware: str, mnist_epochs: int, imdb_epochs: int, s
 
 
 def compiled_runs(backend: str, hardware: str, mnist_epochs: int, imdb_epochs: int, scale: float) -> list[tuple]:
-    """trainer.loop=compiled (src/compiled.py: one jitted lax.scan per epoch), JAX only; plain Keras fit beside."""
+    """trainer.loop=compiled (src/training/compiled.py: one jitted lax.scan per epoch), JAX only; plain Keras fit beside."""
     if backend != "jax":
         return []
     return [

@@ -228,7 +228,7 @@ def best_line(summaries: list[RunSummary], label: dict[str, str]) -> str:
 
 
 def sweep_progress(client: MlflowClient, targets: list[str]) -> list[str]:
-    """For each target that is a sweep's parent with a manifest (src/manifest.py): how far its points got, and the
+    """For each target that is a sweep's parent with a manifest (src/sweeps/manifest.py): how far its points got, and the
     command that continues it when some are not FINISHED."""
     from .sweeps.manifest import Manifest
 

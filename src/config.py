@@ -55,7 +55,7 @@ class Strategy(Enum):
 class Loop(Enum):
     auto = "auto"  # compiled on JAX with a GPU/TPU and data within the budget, else fit
     fit = "fit"  # keras.Model.fit
-    compiled = "compiled"  # JAX: one compiled lax.scan per epoch over device-resident data (src/compiled.py)
+    compiled = "compiled"  # JAX: one compiled lax.scan per epoch over device-resident data (src/training/compiled.py)
 
 
 @dataclass
@@ -63,7 +63,7 @@ class DatasetConfig:
     name: str = MISSING  # must equal the option's file name (conf/dataset/<name>.yaml)
     kind: Kind = MISSING
     file: str = MISSING  # in the data directory
-    format: str = "npz"  # a loader in src/data.py's LOADERS; "npz" = Keras's x_train, y_train, x_test, y_test
+    format: str = "npz"  # a loader in src/data/datasets.py's LOADERS; "npz" = Keras's x_train, y_train, x_test, y_test
     sha256: Optional[str] = None  # the file's known digest; a different file is refused
     url: Optional[str] = None  # where `python -m src.data download` fetches it; None: no download
     download: bool = True  # fetch it when missing (needs internet: false on offline compute nodes)
@@ -83,7 +83,7 @@ class DatasetConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING  # must equal the option's file name and a builder in src/models.py's MODELS
+    name: str = MISSING  # must equal the option's file name and a builder in src/training/models.py's MODELS
     accepts: Kind = MISSING  # the dataset kind this model takes
     input_shape: Optional[List[int]] = None  # the dataset shape it needs; None: any shape of that kind
     units: List[int] = field(default_factory=list)  # hidden Dense layers
@@ -127,7 +127,7 @@ class TrainerConfig:
     monitor: str = "val_loss"  # also the value returned to Hydra sweepers
     verbose: int = 2  # Keras fit verbosity: 2 = one line per epoch (readable in SLURM logs)
     loop: Loop = Loop.auto
-    # Checkpoint of the last finished epoch (src/resume.py). None: <project>/checkpoints/<cluster>-<job id>
+    # Checkpoint of the last finished epoch (src/training/resume.py). None: <project>/checkpoints/<cluster>-<job id>
     # in a SLURM job (found again after a requeue), else <output dir>/backup. Point a new local run at
     # an interrupted run's backup folder to resume it.
     backup_dir: Optional[str] = None
@@ -158,14 +158,14 @@ class Config:
 
 @dataclass
 class OptunaSweeperConfig:
-    """hydra/sweeper=optuna (conf/hydra/sweeper/optuna.yaml, src/search.py); direction follows trainer.monitor."""
+    """hydra/sweeper=optuna (conf/hydra/sweeper/optuna.yaml, src/sweeps/search.py); direction follows trainer.monitor."""
 
     _target_: str = "hydra_plugins.le5_optuna.sweeper.OptunaSweeper"
     n_trials: int = 20  # trials that finish (complete or pruned), counting those of an earlier run in the folder
     n_jobs: int = 1  # trials in flight at once (the basic launcher runs one at a time)
-    sampler: str = "tpe"  # a key of src/search.py's SAMPLERS: tpe, random
+    sampler: str = "tpe"  # a key of src/sweeps/search.py's SAMPLERS: tpe, random
     seed: Optional[int] = None  # the sampler's seed; None: the config's seed
-    pruner: str = "median"  # a key of src/search.py's PRUNERS: median, successive_halving (ASHA), none
+    pruner: str = "median"  # a key of src/sweeps/search.py's PRUNERS: median, successive_halving (ASHA), none
     # The pruners' arguments, as Optuna names them. median: no pruning before n_startup_trials trials finished,
     # nor before epoch n_warmup_steps + 1 of a trial
     n_startup_trials: int = 5

@@ -1,4 +1,4 @@
-"""trainer.loop=compiled (src/compiled.py): one compiled program per epoch on Keras's JAX backend.
+"""trainer.loop=compiled (src/training/compiled.py): one compiled program per epoch on Keras's JAX backend.
 
 These train in this process, so they need Keras on JAX: run them with KERAS_BACKEND=jax (the lead's CI runs
 the suite under each backend); under another backend they are skipped, except the refusal, which needs no

@@ -242,7 +242,7 @@ def test_09_signal_mid_epoch_kills_the_run_keeping_metrics_and_checkpoint(
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert history(run.info.run_id, key) == [1]  # epoch 1 completed and kept; epoch 2 was cut
 
-    # the last completed epoch's checkpoint (src/resume.py's backup) is kept, for this run
+    # the last completed epoch's checkpoint (src/training/resume.py's backup) is kept, for this run
     state = json.loads((tmp_path / "run" / "backup" / "state.json").read_text())
     assert len(state["epochs"]) == 1 and state["run_id"] == run.info.run_id
     assert (tmp_path / "run" / "backup" / state["weights"]).is_file()

@@ -1,4 +1,4 @@
-"""hydra/launcher=fused (src/fused.py, src/vmapped.py): a sweep's points trained together, each its own run.
+"""hydra/launcher=fused (src/fused/launch.py, src/fused/vmapped.py): a sweep's points trained together, each its own run.
 
 The training tests run Keras on JAX in this process: run them with KERAS_BACKEND=jax (the CI's second pass);
 under another backend they are skipped, except the refusals, which need no Keras. Real Keras training on the

@@ -1,4 +1,4 @@
-"""No run left RUNNING by a dead process (src/liveness.py): owners, heartbeats, reconciling the store.
+"""No run left RUNNING by a dead process (src/tracking/liveness.py): owners, heartbeats, reconciling the store.
 
 Runs are real, in a real SQLite store and behind a real `mlflow server`; their owners are real
 processes (dead, alive, or a pid that now belongs to someone else) or tags of "another host".

@@ -1,4 +1,4 @@
-"""src/plots.py: the training-history figure, and the worker processes that draw it for the fused launcher."""
+"""src/report/plots.py: the training-history figure, and the worker processes that draw it for the fused launcher."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ def test_readme_adding_a_dataset_and_a_model_work_as_pasted(conf, tmp_path, stor
     (tmp_path / model_file).write_text(model_yaml)
 
     monkeypatch.setattr(models, "MODELS", dict(models.MODELS))  # the registry is put back after the test
-    exec(builder, vars(models))  # MODELS["mlp"] = mnist_dense, as if pasted into src/models.py
+    exec(builder, vars(models))  # MODELS["mlp"] = mnist_dense, as if pasted into src/training/models.py
     dataset, model = dataset_file.split("/")[-1][:-5], model_file.split("/")[-1][:-5]
     data = tmp_path / "data"
     data.mkdir()

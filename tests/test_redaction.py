@@ -1,4 +1,4 @@
-"""What never reaches MLflow: secret-looking names, override values and URL passwords (src/redaction.py).
+"""What never reaches MLflow: secret-looking names, override values and URL passwords (src/tracking/redaction.py).
 
 Pure functions on strings, OmegaConf configs and a folder of Hydra's .hydra/*.yaml files; no run, no store.
 The end-to-end check (a real run with secrets on its command line) is tests/test_security.py.

@@ -1,4 +1,4 @@
-"""Which backup a run gets and whether it may resume it (src/resume.py: backup_dir, fingerprint, for_run).
+"""Which backup a run gets and whether it may resume it (src/training/resume.py: backup_dir, fingerprint, for_run).
 
 No training: the folder a run's backup lives in (local, named, a SLURM job or array task, a sweep's job), the
 fingerprint that a backup must match to be resumed, and for_run, which puts the two together. Training and

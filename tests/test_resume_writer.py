@@ -1,4 +1,4 @@
-"""The checkpoint writer (src/resume.py): an epoch's end hands a host copy of the model's and optimizer's variables
+"""The checkpoint writer (src/training/resume.py): an epoch's end hands a host copy of the model's and optimizer's variables
 to a background thread, which writes the weights file, then commits state.json. Real Keras training on the
 synthetic data; slow or failing storage made with real files (a FIFO nobody reads yet, a folder where a weights
 file should go). Resuming whole runs: tests/test_resume.py.
@@ -98,7 +98,7 @@ def test_a_checkpoint_holds_its_epochs_values_however_late_it_is_written(data_di
 
 def test_mlflow_hears_of_an_epoch_only_once_its_checkpoint_is_on_disk(data_dir, tmp_path, stalled, store,
                                                                         experiment):
-    """So MLflow never has an epoch that a killed job's checkpoint lacks (src/resume.py's docstring)."""
+    """So MLflow never has an epoch that a killed job's checkpoint lacks (src/training/resume.py's docstring)."""
     client = MlflowClient(store)
     run_id = client.create_run(client.create_experiment(experiment)).info.run_id
     _, training = build(data_dir)

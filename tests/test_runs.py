@@ -1,4 +1,4 @@
-"""A run's lifecycle (src/runs.py) in a real SQLite MLflow store, without training: how it ends (FINISHED,
+"""A run's lifecycle (src/tracking/runs.py) in a real SQLite MLflow store, without training: how it ends (FINISHED,
 FAILED, KILLED) and with which reason, Ctrl-C and SIGTERM sent to this very process, reopening a run,
 params of a resumed run, and the sender thread's ordering.
 

@@ -1,4 +1,4 @@
-"""hydra/sweeper=optuna (src/search.py): a pruned study of real training jobs, its resume, its refusals.
+"""hydra/sweeper=optuna (src/sweeps/search.py): a pruned study of real training jobs, its resume, its refusals.
 
 The studies run `python -m src.train -m hydra/sweeper=optuna ...` with the basic launcher on the synthetic data;
 the same with hydra/launcher=slurm is in test_slurm.py.

@@ -1,4 +1,4 @@
-"""Where runs are recorded (src/store.py): the tracking URI, the check that refuses an unusable store with a
+"""Where runs are recorded (src/tracking/store.py): the tracking URI, the check that refuses an unusable store with a
 message naming the fix, the UI hints a run prints, and connecting to (or creating) the run's experiment.
 
 Offline: SQLite stores in tmp folders, a refused port for a server that does not answer, and a small

@@ -1,4 +1,4 @@
-"""A sweep resumes (src/manifest.py, src/sweep.py): the same command with the same hydra.sweep.dir runs only the
+"""A sweep resumes (src/sweeps/manifest.py, src/sweeps/sweep.py): the same command with the same hydra.sweep.dir runs only the
 points not yet FINISHED, under the same MLflow parent run, in new job folders, and records no point twice."""
 
 from __future__ import annotations

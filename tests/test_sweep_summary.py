@@ -1,4 +1,4 @@
-"""A sweep's summary (src/sweep.py: summary): the Markdown table put on the parent run and printed to the
+"""A sweep's summary (src/sweeps/sweep.py: summary): the Markdown table put on the parent run and printed to the
 driver's log, and the best finished child. Runs are MLflow entities made in memory, as search_runs returns them.
 
 The sweep itself (the callback, real child runs): tests/test_sweep.py and tests/test_objective.py.

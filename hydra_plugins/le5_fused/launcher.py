@@ -1,4 +1,4 @@
-"""A thin Hydra Launcher over src/fused.py, which groups the sweep's points, trains each group as one compiled
+"""A thin Hydra Launcher over src/fused/launch.py, which groups the sweep's points, trains each group as one compiled
 program and ends each point as its own job and MLflow run.
 
 Hydra imports every module of `hydra_plugins` when it scans for plugins: this one imports the project (and,
@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 
 class FusedLauncher(Launcher):
-    def __init__(self, vmap_members: int | None = None) -> None:  # src/fused.py reads it from the config
+    def __init__(self, vmap_members: int | None = None) -> None:  # src/fused/launch.py reads it from the config
         self.config: DictConfig | None = None
         self.hydra_context = None
         self.task_function = None

@@ -1,4 +1,4 @@
-"""A thin Hydra Sweeper over src/search.py, which holds the search space, the study and the trial loop.
+"""A thin Hydra Sweeper over src/sweeps/search.py, which holds the search space, the study and the trial loop.
 
 Hydra imports every module of `hydra_plugins` when it scans for plugins: this one imports the project (and,
 through it, Optuna) only when a sweep is set up.

@@ -1,5 +1,5 @@
 """Hydra's basic sweeper (the grid of `-m a=1,2 b=x,y`), whose launcher runs only what a sweep still needs: rerun
-with the same `hydra.sweep.dir`, it skips the points already FINISHED (src/manifest.py). The project's default
+with the same `hydra.sweep.dir`, it skips the points already FINISHED (src/sweeps/manifest.py). The project's default
 sweeper (conf/config.yaml).
 
 Hydra composes each point three times before it trains (the sweeper checks the batch, the manifest hashes it, the

@@ -101,7 +101,7 @@ def read_npz(path: Path, keys=KERAS_ARRAYS) -> dict[str, np.ndarray]:
         raise DataError(
             f"{path} lacks the arrays {', '.join(missing)} (it has {', '.join(sorted(arrays)) or 'none'}); "
             f"a dataset in Keras's layout has {', '.join(keys)}.\n"
-            f"Fix: point dataset.file at the right file, or register a loader for its format in src/data.py (LOADERS)."
+            f"Fix: point dataset.file at the right file, or register a loader for its format in src/data/datasets.py (LOADERS)."
         )
     return arrays
 
@@ -277,7 +277,7 @@ class Data:
 def load(cfg, directory: Path) -> Data:
     """Train/validation/test splits for `cfg` (a dataset config); validation = the first training samples."""
     if cfg.format not in LOADERS:
-        raise DataError(f"dataset.format={cfg.format!r} has no loader; choose from {sorted(LOADERS)} (src/data.py)")
+        raise DataError(f"dataset.format={cfg.format!r} has no loader; choose from {sorted(LOADERS)} (src/data/datasets.py)")
     path = locate(cfg, directory)
     found = verify(cfg, path)
     arrays = LOADERS[cfg.format](path)

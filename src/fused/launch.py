@@ -9,10 +9,10 @@ The launcher (hydra_plugins/le5_fused) composes every point of the sweep, then:
    Values Keras keeps as Python floats (model.rate, model.l2, optimizer.momentum) are fixed when the program is
    compiled: points differing in them are separate groups. The log says how the sweep was grouped and why.
 2. sets up each member's run as `src.train.train` does (its own MLflow child run under the sweep's parent, tags,
-   params, dataset inputs, checkpoint folder; a point given `trainer.backup_dir`, as src/manifest.py does for a
+   params, dataset inputs, checkpoint folder; a point given `trainer.backup_dir`, as src/sweeps/manifest.py does for a
    point to resume, continues its run from its checkpoint) and builds its model under its own seed, as a lone run;
    the group's program compiles on a background thread meanwhile, from the first member's shapes;
-3. trains each group with src/vmapped.py (one compiled call per epoch: `lax.scan` over batches of `jax.vmap` over
+3. trains each group with src/fused/vmapped.py (one compiled call per epoch: `lax.scan` over batches of `jax.vmap` over
    members, on a CPU a few members at a time (`vmap_members`); the data on the device once), a group of one
    included; the group is split when its members' parameters and optimizer state do not fit
    hardware.device_data_budget beside the data (said in the log);
@@ -25,7 +25,7 @@ The launcher (hydra_plugins/le5_fused) composes every point of the sweep, then:
 
 Ctrl-C / SIGTERM ends every open member's run KILLED after its last finished epoch is checkpointed and logged;
 rerunning the sweep's command (same hydra.sweep.dir) skips FINISHED points and resumes the others, each into
-its own run (src/manifest.py gives each such point its `trainer.backup_dir`).
+its own run (src/sweeps/manifest.py gives each such point its `trainer.backup_dir`).
 """
 
 from __future__ import annotations
@@ -276,7 +276,7 @@ class HostWork:
     O(members) appends. The sender thread then takes the latest posted state (an older one not yet written is
     skipped: the newer checkpoint covers its epochs), commits every posted member's checkpoint, and only then
     sends the members' metrics, one request per member with all its epochs since the last send. So a checkpoint
-    always has every epoch MLflow has (the rule of src/resume.py), and a slow store gets fewer, larger requests
+    always has every epoch MLflow has (the rule of src/training/resume.py), and a slow store gets fewer, larger requests
     instead of falling behind."""
 
     def __init__(self, program):

@@ -5,7 +5,7 @@ differ in what Keras keeps in variables: weights (each member built under its ow
 optimizer variable), Dropout's seed-generator state (a non-trainable variable). Their states are stacked along a
 leading member axis; the data are on the device once for the whole group.
 
-One call trains every member one epoch and validates it (src/compiled.py's semantics per member):
+One call trains every member one epoch and validates it (src/training/compiled.py's semantics per member):
 - member i's order is `jax.random.permutation(fold_in(key(seed_i), epoch_i), n)`, as its lone compiled run
   draws it, so it sees the same batches in the same order; the last `n % batch_size` samples are one smaller
   step;

@@ -1,13 +1,13 @@
 """A sweep that resumes: its manifest, and the launcher that runs only the points not yet FINISHED.
 
-Rerunning a sweep's command with `hydra.sweep.dir=<its folder>` continues that sweep (src/sweep.py reopens its
+Rerunning a sweep's command with `hydra.sweep.dir=<its folder>` continues that sweep (src/sweeps/sweep.py reopens its
 MLflow parent run). Before any job starts, `ResumingLauncher` (around Hydra's own launcher: basic, or
 hydra-submitit-launcher's SLURM array) composes every point, hashes its resolved config, and records the points in
 `<sweep dir>/sweep_manifest.json`. A point is identified by that hash, which each child run carries as a tag
 (names.SWEEP_POINT), never by its job number:
 
 - a point with a FINISHED child is skipped;
-- a point whose last child FAILED or was KILLED (or died: reconciled by src/liveness.py first) and left a checkpoint
+- a point whose last child FAILED or was KILLED (or died: reconciled by src/tracking/liveness.py first) and left a checkpoint
   (its `backup_dir` tag, with a state.json there) runs again with `trainer.backup_dir=<that folder>`: the same child
   run continues from its last finished epoch;
 - any other point runs as a new child run, tagged with the run it retries (names.SWEEP_RETRY_OF);

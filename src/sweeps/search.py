@@ -372,7 +372,7 @@ class Search:
         text = summary(self.study, self.n_trials)
         (self.sweep_dir / SUMMARY_FILE).write_text(text)
         log.info("Optuna study summary:\n%s", text)
-        record = self.sweep_dir / "mlflow_parent.json"  # src/sweep.py's PARENT_FILE (sweep imports MLflow)
+        record = self.sweep_dir / "mlflow_parent.json"  # src/sweeps/sweep.py's PARENT_FILE (sweep imports MLflow)
         if record.exists():
             _record_on_parent(self.study, json.loads(record.read_text()), text, self.monitor)
         return text

@@ -1,6 +1,6 @@
 """No run left RUNNING by a dead process: who owns a run, its heartbeat, and reconciling the store.
 
-A process that ends normally, or by Ctrl-C / SIGTERM, ends its run itself (src/runs.py). One killed
+A process that ends normally, or by Ctrl-C / SIGTERM, ends its run itself (src/tracking/runs.py). One killed
 with SIGKILL (the OOM killer, `kill -9`, a node lost) cannot, and its run would stay RUNNING forever.
 So every run records its owner as tags, and a heartbeat tag it refreshes every HEARTBEAT_S seconds (a
 thread) and at an epoch's end (at most every EPOCH_BEAT_S: sub-second epochs would write one tag each).

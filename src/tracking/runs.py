@@ -3,7 +3,7 @@
 SIGTERM (SLURM's time limit, preemption, scancel) becomes an exception like Ctrl-C, so the run ends
 KILLED with its reason. Epoch metrics are sent by one background thread (`send_later`), in order;
 ending a run first waits for that queue. A process killed too hard to end its run (SIGKILL, a lost
-node) leaves it RUNNING: its owner tags and heartbeat let the next process end it (src/liveness.py).
+node) leaves it RUNNING: its owner tags and heartbeat let the next process end it (src/tracking/liveness.py).
 Imports MLflow, never Keras.
 """
 
@@ -70,7 +70,7 @@ def run(
     With an `outbox`, a store that stopped answering gets the end (and tag) later, from its file.
     `system_metrics`: MLflow's system metrics (system/cpu_utilization_percentage, ...) every that many
     seconds after a first minute sampled every second (SystemMetrics); None: off. First, runs of the experiment
-    left RUNNING by a dead process are ended FAILED (src/liveness.py).
+    left RUNNING by a dead process are ended FAILED (src/tracking/liveness.py).
     """
     client = MlflowClient()
     try:
@@ -128,7 +128,7 @@ def open_member(
     resume_run_id: str | None = None,
 ):
     """A run started (or reopened) through `client` without becoming the process's active run: MLflow's fluent API
-    has one active run per process, and a fused group (src/fused.py) has a run per member open at once. It gets the
+    has one active run per process, and a fused group (src/fused/launch.py) has a run per member open at once. It gets the
     tags `run` gives (owner, MLflow's source tags); end it with `end_member`. `run` is unchanged for lone runs."""
     from mlflow.tracking.context import registry
 

@@ -93,7 +93,7 @@ class MLflowMetrics(keras.callbacks.Callback):
             self._pending.append(runs.send_later(self._send_unsent))
         due = time.monotonic() - self._beaten >= liveness.EPOCH_BEAT_S
         if due and (self.outbox is None or not self.outbox.path.exists()):  # no beat into a store known to be lost
-            # On the sender thread: the run's owner is alive (src/liveness.py). Not every epoch: sub-second epochs
+            # On the sender thread: the run's owner is alive (src/tracking/liveness.py). Not every epoch: sub-second epochs
             # would each write a tag (a SQLite write of CPU beside training); the run's Heartbeat thread beats too.
             self._beaten = time.monotonic()
             self._pending.append(runs.send_later(liveness.beat, self.client, self.run_id))
@@ -141,7 +141,7 @@ class StopOnSignal(keras.callbacks.Callback):
 
 
 class ReportToTrial(keras.callbacks.Callback):
-    """An Optuna sweep's job (src/search.py JobTrial): reports `monitor` after every epoch to its trial, and stops
+    """An Optuna sweep's job (src/sweeps/search.py JobTrial): reports `monitor` after every epoch to its trial, and stops
     training at the end of an epoch its pruner prunes (the run then ends FINISHED, tagged pruned). After the last
     epoch there is nothing left to save: the trial completes, whatever the pruner would say."""
 

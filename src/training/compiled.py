@@ -260,7 +260,7 @@ class Epochs:
 
     def fit(self, epochs: int, initial_epoch: int = 0, callbacks=None, verbose: int | None = None) -> dict[str, list[float]]:
         """Like keras.Model.fit(shuffle=True) on the training split, validating on `val` after every epoch;
-        returns History.history of this call's epochs (the loop interface of src/loop.py)."""
+        returns History.history of this call's epochs (the loop interface of src/training/loop.py)."""
         verbose = self.verbose if verbose is None else verbose
         model, train, validation = self.model, self.rows("train"), self.rows("val")
         self.build(train)

@@ -1,4 +1,4 @@
-"""trainer.loop: which loop trains a run, and why. `fit` is keras.Model.fit; `compiled` is src/compiled.py
+"""trainer.loop: which loop trains a run, and why. `fit` is keras.Model.fit; `compiled` is src/training/compiled.py
 (JAX only: one compiled program per epoch over data on the device). `auto` picks compiled on JAX when the
 device is a GPU or TPU and the training and validation data fit hardware.device_data_budget x its free
 memory, and fit otherwise: on a CPU too, where compiled epochs measured no faster than fit (README,

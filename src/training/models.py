@@ -57,13 +57,13 @@ def check(model_cfg, optimizer_cfg) -> None:
         if name not in registry:
             raise ConfigError(
                 f"{what}.name={name!r} has no builder; choose from {sorted(registry)}, or add one to "
-                f"{what.upper()}S in src/models.py (README: Adding a model)"
+                f"{what.upper()}S in src/training/models.py (README: Adding a model)"
             )
 
 
 def build_model(cfg, spec: InputSpec) -> keras.Model:
     if cfg.name not in MODELS:
-        raise ValueError(f"unknown model {cfg.name!r}; choose from {sorted(MODELS)} (src/models.py, MODELS)")
+        raise ValueError(f"unknown model {cfg.name!r}; choose from {sorted(MODELS)} (src/training/models.py, MODELS)")
     return MODELS[cfg.name](cfg, spec)
 
 
@@ -73,7 +73,7 @@ def _inputs(spec: InputSpec):
     if spec.scale:
         inputs = keras.Input(shape=spec.shape, dtype="uint8", name="pixels")
         return inputs, layers.Rescaling(1.0 / spec.scale)(inputs)
-    # sparse on TensorFlow: the first Dense layer multiplies only the words present (src/batches.py)
+    # sparse on TensorFlow: the first Dense layer multiplies only the words present (src/training/batches.py)
     inputs = keras.Input(shape=spec.shape, sparse=sparse_inputs(), name="multi_hot")
     return inputs, inputs
 

@@ -317,7 +317,7 @@ class Backup(keras.callbacks.Callback):
         self.wait()
 
     def commit_arrays(self, epochs: list[dict], state: tuple) -> None:
-        """Commit a finished epoch of a fused group's member (src/fused.py), on the group's writer thread:
+        """Commit a finished epoch of a fused group's member (src/fused/launch.py), on the group's writer thread:
         `state` = its (trainable, non-trainable, optimizer) variables' values as arrays (no Keras model needed: the
         order of `checkpoint_variables`), `epochs` = every finished epoch's logs. restore() reads it back."""
         weights = f"epoch-{len(epochs)}.weights.npz"
