@@ -255,6 +255,8 @@ def validate(cfg: DictConfig | Any, choices: dict | None = None) -> None:
     ]:
         if value < minimum:
             problems.append(f"{key}={value}: must be >= {minimum}")
+    if not 0 <= cfg.seed < 2**32:  # numpy's and every backend's seed range; past it numpy fails mid-run
+        problems.append(f"seed={cfg.seed}: must be in [0, 2**32)")
     if t.early_stopping_patience is not None and t.early_stopping_patience < 0:
         problems.append(f"trainer.early_stopping_patience={t.early_stopping_patience}: must be >= 0 (or null)")
     if not re.fullmatch(r"(val_)?(loss|accuracy)", t.monitor):

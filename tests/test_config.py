@@ -215,6 +215,8 @@ def edited(composed, base: str, **values):
         ("mnist", {"tracking__system_metrics_interval": 0.001}),
         ("imdb", {"dataset__num_words": 4, "dataset__num_bins": 0}),
         ("imdb", {"dataset__num_bins": 1024}),
+        ("mnist", {"seed": 0}),
+        ("mnist", {"seed": 2**32 - 1}),
     ],
     ids=case_id,
 )
@@ -238,6 +240,8 @@ def test_values_at_the_edge_of_their_range_are_accepted(composed, base, values):
         ),
         ("mnist", {"trainer__monitor": "val_acc"}, "trainer.monitor='val_acc': choose from val_loss, val_accuracy, loss, accuracy"),
         ("mnist", {"trainer__monitor": "val_loss2"}, "trainer.monitor='val_loss2': choose from val_loss, val_accuracy, loss, accuracy"),
+        ("mnist", {"seed": -5}, "seed=-5: must be in [0, 2**32)"),
+        ("mnist", {"seed": 2**32}, "seed=4294967296: must be in [0, 2**32)"),
         ("mnist", {"optimizer__learning_rate": 0}, "optimizer.learning_rate=0.0: must be > 0"),
         ("mnist", {"optimizer__learning_rate": -0.001}, "optimizer.learning_rate=-0.001: must be > 0"),
         ("mnist", {"optimizer__momentum": 1.0}, "optimizer.momentum=1.0: must be in [0, 1)"),
