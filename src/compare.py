@@ -80,13 +80,17 @@ def resolve(client: MlflowClient, targets: list[str], last: int | None = None) -
 
 
 def _resolve_one(client: MlflowClient, target: str, last: int | None) -> list:
-    if RUN_ID.fullmatch(target):
+    try:
+        run_id = store.run_id_of(client, target)  # a full id, or a unique prefix of >= 6 characters
+    except store.TrackingError as err:
+        raise CompareError(str(err)) from None
+    if run_id is not None:
         try:
-            run = client.get_run(target)
+            run = client.get_run(run_id)
         except MlflowException:
             run = None
         if run is not None:
-            children = store.children(client, target, run.info.experiment_id)
+            children = store.children(client, run_id, run.info.experiment_id)
             return children[-last:] if (children and last) else (children or [run])
     experiment = client.get_experiment_by_name(target)
     if experiment is None:

@@ -195,6 +195,41 @@ def test_parent_run_id_gives_its_children_and_a_plain_run_id_itself(client, new_
     assert ids(compare.resolve(client, [single], last=1)) == [single]
 
 
+def test_a_run_id_prefix_of_six_or_more_characters_names_its_run(client, new_experiment):
+    """The 8-character ids that the tables print are taken wherever a run id is, a parent's standing for its
+    children; fewer than 6 characters are an experiment's name, not a prefix."""
+    exp = new_experiment()
+    parent = make_run(client, exp, minute=0)
+    children = [make_run(client, exp, minute=m, parent=parent) for m in (1, 2)]
+    assert ids(compare.resolve(client, [parent[:8]])) == children
+    assert ids(compare.resolve(client, [children[0][:6]])) == [children[0]]
+    with pytest.raises(compare.CompareError, match="neither a run id nor an experiment"):
+        compare.resolve(client, [children[0][:5]])
+
+
+def test_an_ambiguous_run_id_prefix_is_refused_listing_the_runs_it_matches(client, new_experiment, db):
+    """Two runs whose ids share their first 7 characters (rewritten so in the real SQLite store): the 7-character
+    prefix is refused naming both; one character more names one."""
+    import sqlite3
+
+    exp = new_experiment()
+    first, second = make_run(client, exp, minute=0), make_run(client, exp, minute=1)
+    renamed = {first: "abcdef0" + first[7:], second: "abcdef0" + second[7:]}
+    with sqlite3.connect(db.removeprefix("sqlite:///")) as connection:
+        tables = [row[0] for row in connection.execute("select name from sqlite_master where type='table'")]
+        for old, new in renamed.items():
+            for table in tables:
+                columns = [row[1] for row in connection.execute(f"pragma table_info({table})")]
+                if "run_uuid" in columns:
+                    connection.execute(f"update {table} set run_uuid = ? where run_uuid = ?", (new, old))
+    first, second = renamed[first], renamed[second]
+    with pytest.raises(compare.CompareError) as err:
+        compare.resolve(client, ["abcdef0"])
+    assert "'abcdef0' matches 2 runs" in str(err.value) and first in str(err.value) and second in str(err.value)
+    assert "Fix: give more characters" in str(err.value)
+    assert ids(compare.resolve(client, [first[:9] if first[7:9] != second[7:9] else first])) == [first]
+
+
 def test_several_targets_are_joined_in_order_without_duplicates(client, new_experiment):
     """Targets add up in the order given; a run named twice (by id and by its experiment) is listed once."""
     exp = new_experiment()

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -215,6 +216,30 @@ def search_runs(client, experiment_ids: list[str], filter_string: str = "") -> l
         token = page.token
         if not token:
             return runs
+
+
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+# The 8-character ids the project's tables print, and anything longer: a shorter prefix is taken as a name.
+MIN_PREFIX = 6
+RUN_ID_PREFIX = re.compile(r"[0-9a-f]{%d,31}" % MIN_PREFIX)
+
+
+def run_id_of(client, text: str) -> str | None:
+    """`text` as a run id: a full id as it is; a hex prefix of >= MIN_PREFIX characters as the one active run whose
+    id starts with it (None when no run does, or when `text` is no id at all). An ambiguous prefix is refused,
+    naming the runs it matches."""
+    if RUN_ID.fullmatch(text):
+        return text
+    if not RUN_ID_PREFIX.fullmatch(text):
+        return None
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    found = search_runs(client, experiments, f"attributes.run_id LIKE '{text}%'") if experiments else []
+    if len(found) > 1:
+        listed = "\n".join(f"  {r.info.run_id}  {r.info.run_name or ''}" for r in found[:20])
+        more = f"\n  ... and {len(found) - 20} more" if len(found) > 20 else ""
+        raise TrackingError(f"the run id prefix {text!r} matches {len(found)} runs:\n{listed}{more}\n"
+                            "Fix: give more characters of the id (or all 32).")
+    return found[0].info.run_id if found else None
 
 
 def children(client, parent_run_id: str, experiment_id: str | None = None, where: str = "") -> list:
