@@ -41,6 +41,10 @@ def test_run_records_its_data_model_and_system_metrics(train_run, data_dir, tmp_
     # what the run predicted
     [logged] = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
     assert logged.name == "mnist_dense" and logged.source_run_id == run_id
+    # with its signature (input and output tensors): without one MLflow warns at every run's end
+    signature = mlflow.models.get_model_info(f"runs:/{run_id}/mnist_dense").signature
+    assert signature is not None and signature.inputs.to_dict() and signature.outputs.to_dict()
+    assert "signature" not in caplog.text.lower()
     model = mlflow.keras.load_model(f"runs:/{run_id}/mnist_dense")  # Keras safe mode (the default) stays on
     ds = data.load(compose([f"data_dir={data_dir}", "dataset.sha256=null", "dataset.validation_size=100"]).dataset,
                    data_dir)
