@@ -31,6 +31,11 @@ if [ "$loopback" = 0 ] || [ "${MLFLOW_AUTH:-0}" = 1 ]; then
   export MLFLOW_AUTH_CONFIG_PATH="$AUTH_DIR/basic_auth.ini"
   owner=$(cd "$ROOT" && python -m src.tracking.auth ini "$MLFLOW_AUTH_CONFIG_PATH" "sqlite:///$AUTH_DIR/users.db") || exit 2
   extra+=(--app-name basic-auth)
+  # the app's CSRF protection needs a static key: one per server, kept beside its user db (mode 0600)
+  if [ -z "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ]; then
+    [ -s "$AUTH_DIR/flask-secret" ] || (umask 077; python -c 'import secrets; print(secrets.token_hex(32))' >"$AUTH_DIR/flask-secret")
+    MLFLOW_FLASK_SERVER_SECRET_KEY=$(cat "$AUTH_DIR/flask-secret"); export MLFLOW_FLASK_SERVER_SECRET_KEY
+  fi
   if [ -z "${MLFLOW_TRACKING_PASSWORD:-}" ]; then
     echo "Authentication on: owner $owner, password in $(cd "$ROOT" && python -m src.tracking.auth path) (mode 0600; jobs read it)."
   else
