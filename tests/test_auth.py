@@ -62,3 +62,30 @@ def test_file_readable_by_others_is_refused_with_the_chmod(tmp_path):
         auth.credentials({"LE5_MLFLOW_CREDENTIALS": str(path)})
     with pytest.raises(auth.AuthError):
         auth.credentials({"MLFLOW_TRACKING_USERNAME": "a", "MLFLOW_TRACKING_PASSWORD": ""})
+
+
+def test_owner_trains_and_a_second_user_cannot_write(server, data_dir, tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.server import get_app_client
+
+    from conftest import base_overrides, compose, train_composed
+    from src.tracking import auth
+
+    uri, folder = server
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(folder / "config"))
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = compose([*base_overrides(data_dir, uri, "owned"), "trainer.epochs=1"], output_dir=tmp_path / "run")
+    train_composed(cfg)
+    run = mlflow.search_runs(experiment_names=["owned"], output_format="list")[0]
+    assert run.info.status == "FINISHED"
+    password = os.environ["MLFLOW_TRACKING_PASSWORD"]
+    assert password not in str(run.data.params) + str(run.data.tags)
+
+    get_app_client("basic-auth", tracking_uri=uri).create_user(username="labmate", password="labmate-pw-123")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "labmate")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "labmate-pw-123")
+    from src.tracking import store
+
+    with pytest.raises(auth.AuthError, match="owned"):
+        store.connect(uri, "owned")
