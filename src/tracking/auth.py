@@ -103,8 +103,9 @@ def refusal(uri: str, status: int, experiment: str | None = None, environ=os.env
 
 def _status(uri: str, user_password: tuple[str, str] | None) -> int:
     """The HTTP status of a harmless read (experiments/get-by-name), with or without Basic auth."""
-    request = urllib.request.Request(
-        uri.rstrip("/") + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default")
+    parts = urllib.parse.urlsplit(uri.rstrip("/"))  # a user:password@ in the URI is not part of the host
+    base = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    request = urllib.request.Request(base + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default")
     if user_password:
         token = base64.b64encode(":".join(user_password).encode()).decode()
         request.add_header("Authorization", "Basic " + token)
@@ -121,13 +122,14 @@ def requires_auth(uri: str) -> bool:
 
 def check_server(uri: str, environ=os.environ) -> tuple[str, str] | None:
     """Before a run opens on a server: load the credentials; refuse missing or wrong ones where the server
-    requires them; warn (one line) where credentials are set but the server has no authentication."""
+    requires them; warn (one line) where credentials are set but the server has no authentication.
+    Returns the credentials in use, None where the server requires none."""
     found = load(environ)
     if not requires_auth(uri):
         if found is not None:
             log.warning("credentials are set (%s) but the MLflow server at %s has no authentication; going on.",
                         USER_VAR, uri)
-        return found
+        return None
     if found is None or _status(uri, found) == 401:
         raise AuthError(refusal(uri, 401, environ=environ))
     return found

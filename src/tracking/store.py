@@ -154,14 +154,14 @@ def connect(uri: str, experiment_name: str) -> str:
     Runs before any data is loaded, so an unreachable server or an unwritable folder costs seconds.
     """
     check(uri)
-    if is_server(uri):
-        auth.check_server(redact(uri))
+    authenticated = is_server(uri) and auth.check_server(redact(uri)) is not None
     mlflow.set_tracking_uri(uri)
     try:
         with _first_use_lock(sqlite_path(uri)):
             return _experiment_id(sqlite_path(uri), experiment_name)
     except mlflow.exceptions.MlflowException as err:
-        _refuse_permission(uri, experiment_name, err)
+        if authenticated:
+            _refuse_permission(uri, experiment_name, err)
         raise TrackingError(
             f"the tracking store {redact(uri)} cannot be used for experiment {experiment_name!r}: "
             f"{str(err).splitlines()[0]}\nFix: check tracking.tracking_uri / MLFLOW_TRACKING_URI."
