@@ -172,6 +172,10 @@ def run(overrides: list[str]) -> int:
     try:
         store.check(uri)
         say(True, f"tracking store {redact(uri)}: reachable, writable")
+        if store.is_server(uri):
+            from .tracking import auth
+
+            say(*auth.describe(redact(uri), cfg.tracking.experiment_name), blocks=True)
     except store.TrackingError as err:
         say(False, str(err).replace("\n", " "), blocks=True)
 

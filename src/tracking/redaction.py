@@ -5,6 +5,7 @@ Params, the config artifact, Hydra's copied files, the overrides tag and the run
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -32,9 +33,15 @@ REDACTED = "***"
 
 
 def redact(text: str) -> str:
-    """`text` with secret-looking override values and URL passwords replaced by ***."""
+    """`text` with secret-looking override values, URL passwords and the MLflow server's password replaced by ***."""
     text = _SECRET_ASSIGNMENT.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
-    return _URL_PASSWORD.sub(rf"\1:{REDACTED}@", text)
+    return _tracking_password(_URL_PASSWORD.sub(rf"\1:{REDACTED}@", text))
+
+
+def _tracking_password(text: str) -> str:
+    """The literal $MLFLOW_TRACKING_PASSWORD (src.tracking.auth exports it from the credentials file) out of `text`."""
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    return text.replace(password, REDACTED) if password and len(password) >= 4 else text
 
 
 def scrub(node):

@@ -22,7 +22,7 @@ from mlflow.entities import ViewType
 from ..errors import UserError
 from ..paths import PROJECT_ROOT
 from ..preflight import check_folder
-from . import names
+from . import auth, names
 from .redaction import redact
 
 log = logging.getLogger(__name__)
@@ -155,15 +155,26 @@ def connect(uri: str, experiment_name: str) -> str:
     Runs before any data is loaded, so an unreachable server or an unwritable folder costs seconds.
     """
     check(uri)
+    authenticated = is_server(uri) and auth.check_server(redact(uri)) is not None
     mlflow.set_tracking_uri(uri)
     try:
         with _first_use_lock(sqlite_path(uri)):
             return _experiment_id(sqlite_path(uri), experiment_name)
     except mlflow.exceptions.MlflowException as err:
+        if authenticated:
+            _refuse_permission(uri, experiment_name, err)
         raise TrackingError(
             f"the tracking store {redact(uri)} cannot be used for experiment {experiment_name!r}: "
             f"{str(err).splitlines()[0]}\nFix: check tracking.tracking_uri / MLFLOW_TRACKING_URI."
         ) from err
+
+
+def _refuse_permission(uri: str, experiment_name: str, err: Exception) -> None:
+    """A 401/403 from a basic-auth server: the one screen of src.tracking.auth instead of MLflow's message."""
+    code = getattr(err, "get_http_status_code", lambda: None)()
+    if code in (401, 403) or "PERMISSION_DENIED" in str(err) or "UNAUTHENTICATED" in str(err):
+        raise auth.AuthError(auth.refusal(redact(uri), 401 if code == 401 or "UNAUTHENTICATED" in str(err)
+                                          else 403, experiment_name)) from err
 
 
 @contextlib.contextmanager
