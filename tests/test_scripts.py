@@ -121,7 +121,9 @@ def test_mlflow_server_uses_the_documented_overrides(project):
     assert option(argv, "--host") == "10.1.2.3" and option(argv, "--port") == "5123"
     assert option(argv, "--workers") == "2" and option(argv, "--backend-store-uri") == "sqlite:////shared/x.db"
     assert "10.1.2.3:5123" in option(argv, "--allowed-hosts").split(",")
-    assert "WARNING: listening on 10.1.2.3" in result.stderr
+    # off loopback the server requires a password (issue 28): MLflow's basic-auth app, and the note says so
+    assert option(argv, "--app-name") == "basic-auth"
+    assert "listening on 10.1.2.3 with authentication" in result.stderr
 
 
 def test_ui_screenshot_serves_and_browses_loopback_only(project):
