@@ -27,14 +27,15 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from mlflow.entities import RunTag
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from .. import overrides as ov
+from ..config import best as best_of
+from ..config import experiment_name, lower_is_better
+from ..report.tables import markdown_table
 from ..tracking import liveness, names, runs, status, store
 from . import manifest
-from ..config import best as best_of
-from ..config import lower_is_better
-from ..report.tables import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,6 @@ def parent(sweep_dir: Path | None, overrides: list[str], job_num: int | None) ->
 def unfinished(parent_run_id: str, point: str | None = None) -> dict[str, str]:
     """{point hash: the latest earlier child of that point that did not finish} over the parent's children (only
     `point`'s when given): the runs that a rerun of those points retries."""
-    from mlflow.tracking import MlflowClient
-
     where = f"tags.`{names.SWEEP_POINT}` = '{point}'" if point is not None else ""
     earlier = store.children(MlflowClient(), parent_run_id, where=where)  # oldest first: the latest wins
     return {r.data.tags[names.SWEEP_POINT]: r.info.run_id for r in earlier
@@ -111,21 +110,14 @@ class MLflowSweep(Callback):
         return {**self.__dict__, "_heartbeat": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from ..tracking.store import TrackingError
-
         try:
             self._start(config)
-        except TrackingError as err:
+        except store.TrackingError as err:
             # Hydra would only warn about a callback's exception and run the jobs anyway.
             log.error("%s", err)
             sys.exit(2)
 
     def _start(self, config: DictConfig) -> None:
-        from mlflow.tracking import MlflowClient
-
-        from ..tracking import liveness, store
-        from ..config import experiment_name
-
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         self.monitor = config.trainer.monitor
         uri = store.tracking_uri(config.tracking.tracking_uri)
@@ -178,10 +170,6 @@ class MLflowSweep(Callback):
 
     def _reopen(self, record: Path, uri: str) -> None:
         """The sweep folder's own parent run, RUNNING again, when this is the same command; else refuse."""
-        from mlflow.tracking import MlflowClient
-
-        from ..tracking import store
-
         parent = json.loads(record.read_text())
         client = MlflowClient(uri)
         try:
@@ -226,8 +214,6 @@ class MLflowSweep(Callback):
                       manifest.resume_command(self._command or [], self.sweep_dir))
 
     def _finish(self, end: str, reason: str | None = None) -> None:
-        from mlflow.tracking import MlflowClient
-
         self._ended = True
         if self._heartbeat is not None:
             self._heartbeat.stop()
