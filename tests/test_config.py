@@ -34,6 +34,20 @@ def test_every_option_composes(group, option):
     config.validate(cfg, {group: option})
 
 
+HYDRA_OPTIONS = [f"hydra/{p.parent.name}={p.stem}" for p in sorted((ROOT / "conf" / "hydra").glob("*/*.yaml"))]
+
+
+@pytest.mark.parametrize("override", [None, *HYDRA_OPTIONS])
+def test_no_config_is_named_like_a_schema_so_hydra_warns_of_nothing(override, recwarn):
+    # conf/hydra/sweeper/basic.yaml was validated against Hydra's own hydra/sweeper/basic schema: a deprecation
+    # warning on every multirun and in every test that composed (Hydra 1.1's automatic schema matching)
+    from hydra.core.hydra_config import HydraConfig
+
+    compose([override] if override else [])
+    assert HydraConfig.get().sweeper._target_.startswith("hydra_plugins.le5_")  # the project's sweepers, by default too
+    assert not [w for w in recwarn if "ConfigStore schema" in str(w.message)]
+
+
 def test_every_group_has_options_and_the_lab_defaults_exist():
     assert all(GROUPS.values()), GROUPS
     assert {"mnist", "imdb"} <= set(GROUPS["dataset"])
