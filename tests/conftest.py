@@ -214,8 +214,130 @@ def pytest_configure(config):
     import keras  # noqa: F401
 
 
+# --- Tiers (docs/testing.md): tests are marked by what they do, here, not by hand -------------------------------
+# `pytest` runs the default tier (`not slow`); `pytest -m slow` the slow tiers; `pytest --tier all` every tier
+# (.ci/run). An explicit `-m EXPR` alone decides what runs (mutmut's selection, `-m realdata`, ...).
+
+# One end-to-end test per entry point and per launcher stays in the default tier although it starts processes.
+# Each entry must name a collected test (a renamed one fails collection, so the list cannot silently empty).
+E2E = (
+    "tests/test_train_cli.py::test_imdb_dropout_from_the_command_line",                 # python -m src.train
+    "tests/test_train_cli.py::test_local_multirun_makes_one_finished_run_per_point",    # basic launcher
+    "tests/test_not_a_store.py::test_compare_refuses_it",                               # python -m src.compare
+    "tests/test_not_a_store.py::test_doctor_marks_it_unusable",                         # python -m src.doctor
+    "tests/test_outbox.py::test_importing_the_same_file_twice_adds_nothing_twice[subprocess]",  # outbox import
+    "tests/test_data.py::test_missing_file_names_the_directory_and_both_fixes",         # python -m src.data
+    "tests/test_isolation.py::test_multirun_puts_parent_and_children_in_the_configured_store",  # submitit_local
+    "tests/test_fused.py::test_a_fused_sweep_records_each_point_as_its_own_run_and_resumes",     # fused launcher
+    "tests/test_search.py::test_a_killed_study_resumes_to_n_trials_in_its_sweep_folder",  # optuna sweeper
+)
+
+# What a test's code (its function, the fixtures it uses, and the module helpers they call) does.
+_DOES = {
+    "processes": re.compile(r"\bsubprocess\.|\bPopen\b|\brun_cli\(|\bcli_runs\.|\bsys\.executable\b"),
+    "trains": re.compile(r"\btrain_composed\(|\btrain\.train\(|\.fit\(|\btrain_run\b|\bfused_epoch|compiled\.fit"),
+    "server": re.compile(r"\bMlflowServer\("),  # tests/mlflow_server.py: a real `mlflow server`
+}
+_SLOW_MARKS = ("realdata", "slurm", "stress", "server")
+
+
+def _code_of(item) -> str:
+    """The source a test runs: its function, its fixtures' functions, and (two levels deep) the functions of
+    its module, conftest or cli_runs that those name."""
+    import inspect
+
+    functions = [getattr(item, "function", None)]
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in (info.name2fixturedefs.values() if info else ()):
+        functions += [d.func for d in defs]
+    seen, texts = set(), []
+    for depth in range(3):
+        found = []
+        for f in functions:
+            f = inspect.unwrap(f) if callable(f) else f
+            if f is None or id(f) in seen or not inspect.isfunction(f) or f.__name__.startswith("_"):  # autouse ones
+                continue
+            seen.add(id(f))
+            try:
+                text = inspect.getsource(f)
+            except (OSError, TypeError):
+                continue
+            texts.append(text)
+            scope = f.__globals__
+            for name in set(re.findall(r"\b([A-Za-z_]\w*)\s*\(", text)) | set(re.findall(r"\b(\w+)\.\w+\(", text)):
+                target = scope.get(name)
+                if inspect.isfunction(target) and Path(inspect.getsourcefile(target) or "").parent == ROOT / "tests":
+                    found.append(target)
+                elif inspect.ismodule(target) and Path(getattr(target, "__file__", "") or "").parent == ROOT / "tests":
+                    texts.append(inspect.getsource(target))  # cli_runs.start(...), sweep helpers
+        functions = found
+    return "\n".join(texts)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--tier", choices=["default", "slow", "all"], default=None,
+                     help="default: the tests that are not `slow` (what plain `pytest` runs); slow: the slow tiers; "
+                          "all: every tier (.ci/run). Without it, an explicit -m alone decides.")
+
+
 def pytest_collection_modifyitems(config, items):
-    # A test that asks for a trained run trains, whether or not its author marked it (mutmut leaves it out).
+    ids = {item.nodeid for item in items}
+    missing = [e for e in E2E if e not in ids]
+    full = not config.args or config.args == ["tests"] or all(str(a).rstrip("/") in ("tests", str(ROOT / "tests")) for a in config.args)
+    if missing and full and not config.option.keyword:
+        raise pytest.UsageError(f"conftest.E2E names tests that were not collected: {missing}")
     for item in items:
-        if "train_run" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.trains)
+        code = _code_of(item)
+        for mark, pattern in _DOES.items():
+            if pattern.search(code) and mark not in item.keywords:
+                item.add_marker(getattr(pytest.mark, mark))
+        if "train_run" in getattr(item, "fixturenames", ()) and "trains" not in item.keywords:
+            item.add_marker(pytest.mark.trains)  # mutmut's selection leaves it out
+        if re.search(r"backend=(jax|torch)|KERAS_BACKEND\W+(jax|torch)", code) and "processes" in item.keywords:
+            item.add_marker(pytest.mark.backends)  # another backend's process: minutes of imports on 2 cores
+        slow = any(m in item.keywords for m in _SLOW_MARKS) or (
+            "processes" in item.keywords and item.nodeid not in E2E)
+        if slow:
+            item.add_marker(pytest.mark.slow)
+    tier = config.getoption("tier") or (None if config.option.markexpr else "default")
+    if tier in ("default", "slow"):
+        keep, drop = [], []
+        for item in items:
+            ((drop if ("slow" in item.keywords) == (tier == "default") else keep)).append(item)
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = keep
+
+
+_STARTED: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _processes_are_marked(request, monkeypatch):
+    """Checks the static marking above at run time: a test that starts a Python process without the `processes`
+    mark is listed at the end of the session (so it can be taught to _DOES)."""
+    if "processes" in request.node.keywords:
+        yield
+        return
+    original = subprocess.Popen.__init__
+
+    def init(self, args, *a, **k):
+        argv = [args] if isinstance(args, (str, bytes)) else list(args)
+        if argv and str(argv[0]) == sys.executable:
+            _STARTED.append(request.node.nodeid)
+        return original(self, args, *a, **k)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", init)
+    yield
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _STARTED:
+        terminalreporter.write_line("tests that started a Python process without the `processes` mark (conftest._DOES):")
+        for nodeid in sorted(set(_STARTED)):
+            terminalreporter.write_line(f"  {nodeid}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and session.config.getoption("tier"):
+        session.exitstatus = pytest.ExitCode.OK  # a tier with nothing in it here (e.g. a backend pass) is no failure
