@@ -234,7 +234,7 @@ E2E = (
 
 # What a test's code (its function, the fixtures it uses, and the module helpers they call) does.
 _DOES = {
-    "processes": re.compile(r"\bsubprocess\.|\bPopen\b|\brun_cli\(|\bcli_runs\.|\bsys\.executable\b"),
+    "processes": re.compile(r"\bsubprocess\.|\bPopen\b|\brun_cli\(|\bcli_runs\.|\[\s*sys\.executable\b"),  # an argv that starts this interpreter
     "trains": re.compile(r"\btrain_composed\(|\btrain\.train\(|\.fit\(|\btrain_run\b|\bfused_epoch|compiled\.fit"),
     "server": re.compile(r"\bMlflowServer\("),  # tests/mlflow_server.py: a real `mlflow server`
 }
@@ -280,6 +280,7 @@ def pytest_addoption(parser):
                           "all: every tier (.ci/run). Without it, an explicit -m alone decides.")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection, which then sees these marks
 def pytest_collection_modifyitems(config, items):
     ids = {item.nodeid for item in items}
     missing = [e for e in E2E if e not in ids]
@@ -299,6 +300,10 @@ def pytest_collection_modifyitems(config, items):
             "processes" in item.keywords and item.nodeid not in E2E)
         if slow:
             item.add_marker(pytest.mark.slow)
+        if "slurm" in item.keywords or "stress" in item.keywords:
+            # under pytest-xdist (--dist loadgroup) one worker runs these one after another: a one-node cluster's
+            # jobs and sixteen training processes never share the 2 cores with each other
+            item.add_marker(pytest.mark.xdist_group("cluster_and_stress"))
     tier = config.getoption("tier") or (None if config.option.markexpr else "default")
     if tier in ("default", "slow"):
         keep, drop = [], []

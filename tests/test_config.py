@@ -37,10 +37,11 @@ def test_every_option_composes(group, option):
 HYDRA_OPTIONS = [f"hydra/{p.parent.name}={p.stem}" for p in sorted((ROOT / "conf" / "hydra").glob("*/*.yaml"))]
 
 
-@pytest.mark.parametrize("override", [None, *HYDRA_OPTIONS])
+@pytest.mark.parametrize("override", [None, "hydra/sweeper=basic", "+experiment=mnist_optuna", *HYDRA_OPTIONS])
 def test_no_config_is_named_like_a_schema_so_hydra_warns_of_nothing(override, recwarn):
     # conf/hydra/sweeper/basic.yaml was validated against Hydra's own hydra/sweeper/basic schema: a deprecation
-    # warning on every multirun and in every test that composed (Hydra 1.1's automatic schema matching)
+    # warning on every multirun and in every test that composed (Hydra 1.1's automatic schema matching). The
+    # project's grid sweeper is now the ConfigStore's `basic` node itself (hydra_plugins/le5_sweep/sweeper.py).
     from hydra.core.hydra_config import HydraConfig
 
     compose([override] if override else [])

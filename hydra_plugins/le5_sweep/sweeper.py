@@ -1,6 +1,6 @@
 """Hydra's basic sweeper (the grid of `-m a=1,2 b=x,y`), whose launcher runs only what a sweep still needs: rerun
 with the same `hydra.sweep.dir`, it skips the points already FINISHED (src/sweeps/manifest.py). The project's default
-sweeper (conf/config.yaml).
+sweeper: it takes the place of Hydra's own `basic` node in the ConfigStore (below).
 
 Hydra composes each point three times before it trains (the sweeper checks the batch, the manifest hashes it, the
 launcher runs it), ~0.1 s each: the sweeper hands its launcher a config loader that composes each point once and
@@ -12,7 +12,16 @@ from __future__ import annotations
 import copy
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_store import ConfigStore
 from hydra.types import HydraContext
+
+
+# Stored as `basic` itself, not as conf/hydra/sweeper/basic.yaml: a YAML named like a stored schema is matched against
+# it (a deprecation warning in every multirun). Hydra runs every plugin module at each plugin scan, its own first and
+# then hydra_plugins.*: this store always comes after Hydra's, so the default sweeper is this one.
+# (A dict, not a dataclass: Hydra runs the module before it is in sys.modules. Fields as Hydra's BasicSweeperConf.)
+ConfigStore.instance().store(group="hydra/sweeper", name="basic", provider="le5_sweep", node={
+    "_target_": "hydra_plugins.le5_sweep.sweeper.ResumingSweeper", "max_batch_size": None, "params": None})
 
 
 class ComposedOnce:

@@ -50,7 +50,7 @@ from ..tracking import names, status
 log = logging.getLogger(__name__)
 
 LAUNCHER_TARGET = "hydra_plugins.le5_fused.launcher.FusedLauncher"
-SWEEPER_TARGET = "hydra_plugins.le5_sweep.sweeper.ResumingSweeper"  # the grid sweeper (conf/hydra/sweeper/grid.yaml)
+SWEEPER_TARGET = "hydra_plugins.le5_sweep.sweeper.ResumingSweeper"  # the grid sweeper (hydra_plugins/le5_sweep/sweeper.py)
 # What members of one group may differ in: carried per member in Keras variables (seed: initial weights, data
 # order, Dropout's seed state; the learning rate: an optimizer variable), or used on the host only.
 # The settings that do not change what is trained differ freely too.
