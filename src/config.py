@@ -116,6 +116,9 @@ class HardwareConfig:
     # trainer.loop=compiled: at most this fraction of the device's free memory holds the data; above it,
     # batches are streamed in chunks (the lab's out-of-memory error stays impossible)
     device_data_budget: float = 0.5
+    # JAX's persistent compilation cache (src/training/compilation_cache.py): "auto" = $XDG_CACHE_HOME/le5/jax (else
+    # ~/.cache/le5/jax), a folder (a shared one on a cluster), or null: off. Other backends ignore it.
+    compilation_cache_dir: Optional[str] = "auto"
 
 
 @dataclass

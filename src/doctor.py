@@ -20,7 +20,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from .training import backend
+from .training import backend, compilation_cache
 from . import config
 from .data import datasets
 from .tracking import provenance
@@ -146,6 +146,8 @@ def run(overrides: list[str]) -> int:
             if b == chosen and Accelerator(cfg.hardware.accelerator) == Accelerator.gpu and not info["gpus"]:
                 say(False, f"hardware={cfg.hardware.name} needs a GPU, and {b.value} sees none. Fix: a GPU node "
                     f"(sbatch --gres=gpu:1), the backend's CUDA build, or hardware=auto", blocks=True)
+    good, line = compilation_cache.describe(cfg.hardware.compilation_cache_dir)
+    say(good, line + ("" if chosen == Backend.jax else " (used by backend=jax)"))
     smi = _nvidia_smi()
     say(smi is not None or Accelerator(cfg.hardware.accelerator) != Accelerator.gpu,
         f"nvidia-smi: {smi}" if smi else "nvidia-smi: not found (no NVIDIA driver on this machine)")

@@ -1,6 +1,6 @@
 """The training wing: a Keras backend chosen and set up, a model built, trained and checkpointed.
 
-- `backend`, `hardware`: which Keras backend, which device, before Keras is imported
+- `backend`, `hardware`: which Keras backend, which device, before Keras is imported; `compilation_cache`: JAX's on disk
 - `batches`: how a data split reaches Keras on each backend; `models`: the builders (MODELS); `loop`, `compiled`: Keras fit, or compiled epochs on JAX
 - `callbacks`: per-epoch MLflow metrics, signals; `resume`: an epoch's checkpoint and the run it resumes
 - `job`: how a run was started (`Job`), its run name and resume command (no Keras)

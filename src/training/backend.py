@@ -14,6 +14,7 @@ import tempfile
 
 from ..config import Accelerator, Backend
 from ..errors import UserError
+from . import compilation_cache
 
 ENV = "KERAS_BACKEND"
 DEFAULT = Backend.tensorflow  # the package the project is built around
@@ -53,6 +54,8 @@ def activate(backend: Backend, hardware) -> None:
     package = PACKAGES[backend]
     if importlib.util.find_spec(package) is None:
         raise BackendError(f"backend={backend.value}, but {package} is not installed. Fix: {INSTALL[backend]}")
+    if backend == Backend.jax:
+        compilation_cache.enable(hardware.compilation_cache_dir)
     if "keras" in sys.modules:
         current = sys.modules["keras"].backend.backend()
         if current != backend.value:
@@ -70,6 +73,7 @@ def activate(backend: Backend, hardware) -> None:
             os.environ["JAX_PLATFORMS"] = "cpu"
     if backend == Backend.jax and hardware.memory_growth:
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # JAX's memory growth
+
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "Unable to initialize backend 'tpu'"
 
 
