@@ -132,6 +132,12 @@ def test_a_killed_study_resumes_to_n_trials_in_its_sweep_folder(data_dir, store,
     assert [t.state for t in trials][2] == TrialState.FAIL  # the killed trial, ended by the rerun
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 6
     assert len(trials) == 7  # two kept, the killed one retried, four more
+    # The rerun tried the killed point again first, then points it never proposed: the sampler's sequence did not
+    # start over (seeded alike at each start, the rerun's trials 3, 4, 5 were trials 0, 1, 2 again).
+    rates = [t.params["model.rate"] for t in trials]
+    assert rates[3] == rates[2]
+    assert len(set(rates)) == 6, rates
+    assert search.sampler_seed(42, 0) == 42 and search.sampler_seed(42, 3) not in (42, search.sampler_seed(42, 4))
     mlflow.set_tracking_uri(store)
     parent, children = runs_of(experiment)  # the rerun continued the one parent
     assert parent.info.status == "FINISHED"

@@ -27,6 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -83,6 +84,14 @@ def _no_pruner(settings: dict):
 SAMPLERS = {"tpe": _tpe, "random": _random}
 PRUNERS = {"median": _median, "successive_halving": _asha, "none": _no_pruner}
 PRUNER_SETTINGS = ("n_startup_trials", "n_warmup_steps", "min_resource", "reduction_factor")
+
+
+def sampler_seed(seed: int | None, trials: int) -> int | None:
+    """The sampler's seed for a study that holds `trials` trials: `seed` itself for a new study, another seed (from
+    both) for each resumption."""
+    if seed is None or trials == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, trials]).generate_state(1)[0])
 
 
 def build_sampler(name: str, seed: int | None):
@@ -275,6 +284,10 @@ class Search:
         if before != self.monitor:  # load_if_exists keeps the stored direction: refuse a silent mix
             raise SearchError(f"the study in {self.sweep_dir} optimises {before}, not trainer.monitor={self.monitor}.\n"
                               f"  Fix: trainer.monitor={before} to continue it, or a new hydra.sweep.dir")
+        # A resumed study must not replay its sampler's sequence from the start (a sampler seeded alike at each driver
+        # start proposes its first trials' points again): the seed goes with the trials already in the study, so a
+        # fresh folder reproduces a study and a rerun continues with points it never proposed.
+        self.study.sampler = build_sampler(s.sampler, sampler_seed(seed, len(self.study.trials)))
         self.study.set_user_attr("monitor", self.monitor)
         self.study.set_user_attr("epochs", int(config.trainer.epochs))
         (self.sweep_dir / STUDY_FILE).write_text(json.dumps({"study_name": STUDY_NAME, "journal": JOURNAL_FILE,
@@ -332,6 +345,7 @@ class Search:
 
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
             self.study.tell(trial.number, state=TrialState.FAIL)
+            self.study.enqueue_trial(trial.params)  # the next trial asked
             log.warning("Trial %d was left running by a previous driver: marked FAIL, its point is tried again",
                         trial.number)
 
