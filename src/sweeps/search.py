@@ -304,6 +304,13 @@ class Search:
         # Failed trials do not count towards n_trials (a rerun retries them), but one invocation never launches
         # more than it lacks: a search whose every trial fails ends.
         to_launch = max(self.n_trials - finished, 0)
+        if to_launch == 0:
+            best = self.study.best_trial if any(t.state == TrialState.COMPLETE for t in self.study.trials) else None
+            log.info("The study is complete: %d trials finished, hydra.sweeper.n_trials=%d.%s To grow it, rerun the "
+                     "same command with a larger hydra.sweeper.n_trials", finished, self.n_trials,
+                     f" Best: trial {best.number}, {self.monitor} {best.value:.4f}, {best.params}."
+                     if best else "")
+            return []
         log.info("Optuna study %s: %d of %d trials finished, launching %d (%d at a time), direction %s %s",
                  self.sweep_dir / JOURNAL_FILE, finished, self.n_trials, to_launch, self.n_jobs,
                  self.study.direction.name.lower(), self.monitor)

@@ -77,6 +77,38 @@ def command(config) -> list[str]:
     return [*chosen, *config.hydra.overrides.task]
 
 
+# What a sweep may change and stay the same sweep: a study's budget (the same study runs on to the new total).
+GROWS = ("hydra.sweeper.n_trials",)
+
+
+def same_sweep(before: list[str], now: list[str], grid: bool) -> bool:
+    """Whether command `now` continues the sweep that command `before` started: equal less what may grow (a study's
+    n_trials) or, for a grid, each swept key's values a superset of the earlier ones (only the new points run). An
+    Optuna study's search space is its own: any change starts another study."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    before, now = ov.without(before, GROWS), ov.without(now, GROWS)
+    if before == now or not grid:
+        return before == now
+    parser = OverridesParser.create()
+
+    def split(overrides):
+        parsed = parser.parse_overrides(overrides)
+        fixed = [text for o, text in zip(parsed, overrides) if not o.is_sweep_override()]
+        return fixed, {o.get_key_element(): set(o.sweep_string_iterator()) for o in parsed if o.is_sweep_override()}
+
+    (fixed_before, swept_before), (fixed_now, swept_now) = split(before), split(now)
+    return fixed_before == fixed_now and swept_before.keys() == swept_now.keys() and all(
+        swept_before[k] <= swept_now[k] for k in swept_before)
+
+
+def difference(before: list[str], now: list[str]) -> str:
+    """The overrides only one of two commands has, as a refusal shows them."""
+    gone, new = [o for o in before if o not in now], [o for o in now if o not in before]
+    return "; ".join(part for part in (f"only in that sweep: {' '.join(gone)}" if gone else "",
+                                       f"only in this command: {' '.join(new)}" if new else "") if part)
+
+
 def swept_keys(overrides: list[str]) -> list[str]:
     """The keys a sweep varies (`optimizer.learning_rate=1e-2,1e-3`, `seed=range(3)`): what tells its jobs apart."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -125,6 +157,8 @@ class MLflowSweep(Callback):
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         self._uri = uri
         self._command = command(config)
+        self._task_overrides = list(config.hydra.overrides.task)
+        self._grid = "optuna" not in str(config.hydra.sweeper.get("_target_", ""))
         record = self.sweep_dir / PARENT_FILE
         try:
             # "x": exclusive creation, so two sweeps can never share a folder (nor a parent run)
@@ -179,15 +213,21 @@ class MLflowSweep(Callback):
         before = parent.get("command")  # a record written before it held the command: the task's overrides
         if before is None and run is not None:
             before = json.loads(run.data.tags.get(names.SWEEP_OVERRIDES, "null"))
-        if run is None or parent.get("tracking_uri") != uri or before != self._command:
-            started = (f"its command: {manifest.resume_command(before, self.sweep_dir)}" if before is not None
-                       else f"its MLflow parent run {parent.get('run_id')} is not in {uri}")
+        same = before is not None and same_sweep(before, self._command, self._grid)
+        if run is None or parent.get("tracking_uri") != uri or not same:
+            started = (f"its command: {manifest.resume_command(before, self.sweep_dir)}\n  "
+                       f"Changed: {difference(ov.without(before, GROWS), ov.without(self._command, GROWS))}"
+                       if before is not None else f"its MLflow parent run {parent.get('run_id')} is not in {uri}")
             raise store.TrackingError(
                 f"the sweep folder {self.sweep_dir} belongs to another sweep ({record}): {started}.\n"
                 "Fix: run that command to continue that sweep, or give this sweep a new folder "
                 "(leave hydra.sweep.dir at its default)."
             )
         self.parent_run_id = run.info.run_id
+        if before != self._command:  # grown (more trials, more grid values): the record holds the latest command
+            record.write_text(json.dumps({**parent, "command": self._command,
+                                          "swept": swept_keys(list(self._task_overrides))}))
+            log.info("The sweep in %s grows: %s", self.sweep_dir, difference(before, self._command))
         with contextlib.suppress(Exception):
             client.delete_tag(self.parent_run_id, names.FAILURE_REASON)
         log.info("Resuming the sweep in %s: its MLflow parent run %s is RUNNING again", self.sweep_dir,
