@@ -226,7 +226,7 @@ class MLflowSweep(Callback):
         self.parent_run_id = run.info.run_id
         if before != self._command:  # grown (more trials, more grid values): the record holds the latest command
             record.write_text(json.dumps({**parent, "command": self._command,
-                                          "swept": swept_keys(list(self._task_overrides))}))
+                                          "swept": swept_keys(self._task_overrides)}))
             log.info("The sweep in %s grows: %s", self.sweep_dir, difference(before, self._command))
         with contextlib.suppress(Exception):
             client.delete_tag(self.parent_run_id, names.FAILURE_REASON)

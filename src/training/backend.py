@@ -73,7 +73,6 @@ def activate(backend: Backend, hardware) -> None:
             os.environ["JAX_PLATFORMS"] = "cpu"
     if backend == Backend.jax and hardware.memory_growth:
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # JAX's memory growth
-
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "Unable to initialize backend 'tpu'"
 
 
