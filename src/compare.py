@@ -27,6 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from . import config
+from .errors import UserError
 from .tracking import liveness, names, status, store
 from .report import groups as grouping
 from .report import plots, sweep_plots
@@ -485,6 +486,12 @@ def _compare(args, uri: str) -> int:
         try:
             store.not_sqlite(database)
         except store.TrackingError as err:
+            raise CompareError(str(err)) from None
+    if store.is_server(uri):
+        try:  # one screen for a server that does not answer or refuses these credentials, before any query
+            store.check(uri)
+            store.authenticate(uri)
+        except UserError as err:
             raise CompareError(str(err)) from None
     client = MlflowClient(uri)
     try:

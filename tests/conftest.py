@@ -236,7 +236,7 @@ E2E = (
 _DOES = {
     "processes": re.compile(r"\bsubprocess\.|\bPopen\b|\brun_cli\(|\bcli_runs\.|\[\s*sys\.executable\b"),  # an argv that starts this interpreter
     "trains": re.compile(r"\btrain_composed\(|\btrain\.train\(|\.fit\(|\btrain_run\b|\bfused_epoch|compiled\.fit"),
-    "server": re.compile(r"\bMlflowServer\("),  # tests/mlflow_server.py: a real `mlflow server`
+    "server": re.compile(r"\b(MlflowServer|AuthServer)\("),  # tests/mlflow_server.py: a real `mlflow server`
 }
 _SLOW_MARKS = ("realdata", "slurm", "stress", "server")
 

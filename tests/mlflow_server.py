@@ -47,6 +47,9 @@ class MlflowServer:
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
         ]
 
+    def environment(self) -> dict[str, str] | None:
+        return None  # this process's
+
     def start(self, timeout: float = 180, attempts: int = 4) -> "MlflowServer":
         for attempt in range(1, attempts + 1):
             try:
@@ -67,7 +70,8 @@ class MlflowServer:
                 raise PortInUse(f"port {self.port} is taken")
         log = open(log_path, "a")
         # its own process group: uvicorn runs in a child, and kill() must take both down
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(self.command(), env=self.environment(), stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -99,3 +103,34 @@ class MlflowServer:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
         self.process = None
+
+
+class AuthServer(MlflowServer):
+    """slurm/mlflow_server.sh with MLFLOW_AUTH=1: MLflow's basic-auth app on 127.0.0.1, as a cluster's login node runs
+    it. The owner's credentials file (made by the script, 0600) is `credentials`; a restart keeps users and port."""
+
+    def __init__(self, folder: Path, port: int | None = None):
+        super().__init__(folder, port)
+        self.config_home = self.folder / "config"
+        self.credentials = self.config_home / "le5" / "mlflow-credentials"
+
+    def command(self) -> list[str]:
+        return ["bash", str(Path(__file__).resolve().parents[1] / "slurm" / "mlflow_server.sh")]
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "LE5_"))}
+        env.update(MLFLOW_AUTH="1", MLFLOW_PORT=str(self.port), MLFLOW_WORKERS="1",
+                   XDG_CONFIG_HOME=str(self.config_home),
+                   MLFLOW_BACKEND_STORE_URI=f"sqlite:///{self.folder / 'mlflow.db'}",
+                   MLFLOW_ARTIFACTS_DESTINATION=str(self.folder / "artifacts"),
+                   MLFLOW_AUTH_DIR=str(self.folder / "auth"))
+        return env
+
+    def username(self) -> str:
+        return self._file()["username"]
+
+    def password(self) -> str:
+        return self._file()["password"]
+
+    def _file(self) -> dict[str, str]:
+        return dict(line.split("=", 1) for line in self.credentials.read_text().splitlines())

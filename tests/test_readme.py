@@ -1,5 +1,5 @@
 """README.md as a newcomer reads it: its "Adding a dataset" and "Adding a model" blocks pasted as they are and
-trained, every path and link it names present in a clone, and short enough to read (at most 320 lines)."""
+trained, every path and link it names present in a clone, and short enough to read (at most 345 lines)."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def test_every_link_in_docs_exists_in_a_clone(doc):
 
 
 def test_readme_is_short_and_its_internal_links_resolve():
-    assert len(README.splitlines()) <= 320
+    assert len(README.splitlines()) <= 345
     anchors = {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in re.findall(r"^#+ (.*)$", README, re.M)}
     assert set(re.findall(r"\]\(#([^)]+)\)", README)) <= anchors
 

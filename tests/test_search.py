@@ -264,3 +264,44 @@ def test_a_study_is_not_continued_under_another_monitor(tmp_path):
     other, _ = optuna_config("trainer.monitor=val_accuracy", f"hydra.sweep.dir={tmp_path}")
     with pytest.raises(search.SearchError, match="(?s)optimises val_loss.*Fix: trainer.monitor=val_loss"):
         search.Search(other, launch=None, in_process=True)
+
+
+def _study_with_a_third_trial_cut(tmp_path, newline: bool):
+    """Two told trials, then the records of a third asked trial cut in the middle of their first line, as a crash
+    during Optuna's append leaves them (with or without the newline of a write that the disk saw half of)."""
+    cfg, _ = optuna_config(f"hydra.sweep.dir={tmp_path}")
+    study = search.Search(cfg, launch=None, in_process=True).study
+    for value in (0.3, 0.2):
+        study.tell(study.ask(), value)
+    journal = tmp_path / search.JOURNAL_FILE
+    whole = journal.read_bytes()
+    study.ask()
+    added = journal.read_bytes()[len(whole):]
+    journal.write_bytes(whole + added[: len(added.split(b"\n")[0]) // 2] + (b"\n" if newline else b""))
+    return cfg, journal, whole
+
+
+@pytest.mark.parametrize("newline", [False, True], ids=["cut", "cut-then-newline"])
+def test_a_journal_record_cut_short_by_a_crash_is_set_aside_and_the_study_resumes(tmp_path, caplog, newline):
+    cfg, journal, whole = _study_with_a_third_trial_cut(tmp_path, newline)
+    with caplog.at_level("WARNING"):
+        study = search.Search(cfg, launch=None, in_process=True).study
+    assert "cut short by a crash" in caplog.text and f"{journal}.torn" in caplog.text
+    torn = (tmp_path / f"{search.JOURNAL_FILE}.torn").read_bytes()
+    assert torn.endswith(b"\n") and all(json.loads(line) for line in journal.read_bytes().splitlines())
+    assert journal.read_bytes().startswith(whole)  # the two trials' records, byte for byte (then the reopening's)
+    study.tell(study.ask(), 0.1)  # appended after the torn piece was gone: readable again
+    assert [t.value for t in load(tmp_path).trials] == [0.3, 0.2, 0.1]
+
+
+def test_a_journal_damaged_before_its_last_record_is_refused_with_the_way_to_keep_the_rest(tmp_path):
+    import subprocess
+
+    cfg, journal, whole = _study_with_a_third_trial_cut(tmp_path, newline=False)
+    lines = whole.split(b"\n")
+    journal.write_bytes(b"\n".join([*lines[:3], b"{garbage", *lines[4:]]))
+    with pytest.raises(search.SearchError, match=f"line 4 of {len(lines) - 1}, is not a journal record") as err:
+        search.Search(cfg, launch=None, in_process=True)
+    fix = str(err.value).split("Fix: keep the 3 records before it (they hold the trials up to there): ")[1]
+    subprocess.run(["bash", "-c", fix.split("; or")[0]], check=True)  # the fix as printed
+    assert load(tmp_path).trials is not None and journal.read_bytes() == b"\n".join(lines[:3]) + b"\n"

@@ -66,11 +66,11 @@ def overrides(data_dir, store, experiment, tmp_path, *extra, hardware_cpu=True):
     return [*found, f"hydra.run.dir={tmp_path}/run", *extra]
 
 
-def sbatch(script: str, args: list[str], tmp_path: Path) -> str:
+def sbatch(script: str, args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> str:
     # Command-line options override the script's #SBATCH lines: sized for the 2-CPU test node.
     done = subprocess.run(
         ["sbatch", "--parsable", "--cpus-per-task=1", "--mem=1G", f"--output={tmp_path}/%x-%j.out", script, *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip().split(";")[0]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import threading
 import warnings
@@ -234,6 +235,43 @@ class SweepCheck(Callback):
 # -- the study's storage, shared by the driver and its jobs --------------------------------------------------------
 
 
+def repair_journal(path: Path) -> str | None:
+    """Set aside a last record that a crash cut short, before the study is opened; returns the line to log.
+
+    Optuna appends each record whole (one line, fsync) under its lock, so only the last line can be torn; it was
+    never committed, and a later append would glue to it, making the journal unreadable. It moves to
+    `<journal>.torn` (kept, appended to). A bad line anywhere else is damage Optuna's writes cannot cause: refused,
+    naming the line and how to keep the records before it."""
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    lines = data.split(b"\n")  # a whole journal ends with "\n": its last piece is b""
+    for number, line in enumerate(lines[:-1], start=1):
+        try:
+            json.loads(line)
+        except ValueError:
+            if number == len(lines) - 1 and not lines[-1]:
+                break  # the last line, newline and all, is torn (a record cut inside a multi-byte write)
+            raise SearchError(
+                f"{path}, line {number} of {len(lines) - 1}, is not a journal record: the study cannot be read.\n"
+                f"  Fix: keep the {number - 1} records before it (they hold the trials up to there): "
+                f"mv {path} {path}.damaged && head -n {number - 1} {path}.damaged > {path}; or a new hydra.sweep.dir"
+            ) from None
+    else:
+        if not lines[-1]:
+            return None  # every line whole
+        number = len(lines)
+    good = b"\n".join(lines[: number - 1]) + (b"\n" if number > 1 else b"")
+    torn = data[len(good):]
+    with open(f"{path}.torn", "ab") as f:
+        f.write(torn if torn.endswith(b"\n") else torn + b"\n")
+    with open(path, "r+b") as f:
+        f.truncate(len(good))
+        os.fsync(f.fileno())
+    return (f"The study's journal ended in a record cut short by a crash ({len(torn)} bytes, never committed): set "
+            f"aside in {path}.torn; the study resumes from its {number - 1} whole records.")
+
+
 def storage(sweep_dir: Path):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
@@ -271,6 +309,8 @@ class Search:
         pruner = {"name": s.pruner, "settings": pruner_settings(s)}
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # this module logs each trial itself
+        if repaired := repair_journal(self.sweep_dir / JOURNAL_FILE):  # the driver, before any job opens it
+            log.warning(repaired)
         self.storage = storage(self.sweep_dir)
         self.study = optuna.create_study(
             storage=self.storage,

@@ -9,6 +9,7 @@ nor Keras: the server script calls it too (`python -m src.tracking.auth path|ens
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import secrets
@@ -101,19 +102,27 @@ def refusal(uri: str, status: int, experiment: str | None = None, environ=os.env
             f"permissions), or use another tracking.experiment_name.")
 
 
-def _status(uri: str, user_password: tuple[str, str] | None) -> int:
-    """The HTTP status of a harmless read (experiments/get-by-name), with or without Basic auth."""
-    parts = urllib.parse.urlsplit(uri.rstrip("/"))  # a user:password@ in the URI is not part of the host
+def _request(uri: str, path: str, user_password: tuple[str, str] | None, body: dict | None = None) -> tuple[int, dict]:
+    """(HTTP status, JSON body) of one REST call, with Basic auth when credentials are given. A user:password@ in
+    the URI is not part of the host."""
+    parts = urllib.parse.urlsplit(uri.rstrip("/"))
     base = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-    request = urllib.request.Request(base + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default")
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(base + path, data=data, method="GET" if body is None else "POST")
+    request.add_header("Content-Type", "application/json")
     if user_password:
         token = base64.b64encode(":".join(user_password).encode()).decode()
         request.add_header("Authorization", "Basic " + token)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status
+            return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as err:
-        return err.code
+        return err.code, {}
+
+
+def _status(uri: str, user_password: tuple[str, str] | None) -> int:
+    """The HTTP status of a harmless read (experiments/get-by-name), with or without Basic auth."""
+    return _request(uri, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default", user_password)[0]
 
 
 def requires_auth(uri: str) -> bool:
@@ -135,8 +144,24 @@ def check_server(uri: str, environ=os.environ) -> tuple[str, str] | None:
     return found
 
 
+def access(uri: str, experiment: str, found: tuple[str, str]) -> str:
+    """This user's access to `experiment`: "write", "read", "none" or "new" (it does not exist; any user may create
+    it). Writing is probed with an experiments/update that names no new name: the server checks the permission
+    first (403 without EDIT or MANAGE), then refuses the request as incomplete (400), so nothing changes."""
+    code, body = _request(uri, "/api/2.0/mlflow/experiments/get-by-name?"
+                          + urllib.parse.urlencode({"experiment_name": experiment}), found)
+    if code == 404:
+        return "new"
+    if code == 403:
+        return "none"
+    code, _ = _request(uri, "/api/2.0/mlflow/experiments/update",
+                       found, {"experiment_id": body.get("experiment", {}).get("experiment_id", "")})
+    return "read" if code == 403 else "write"
+
+
 def describe(uri: str, experiment: str, environ=os.environ) -> tuple[bool, str]:
-    """For src.doctor: (usable, a line) on whether the server requires authentication and this shell's access."""
+    """For src.doctor: (usable, a line) on whether the server requires authentication and whether this shell can
+    write to `experiment`."""
     try:
         found = load(environ)
     except AuthError as err:
@@ -146,19 +171,12 @@ def describe(uri: str, experiment: str, environ=os.environ) -> tuple[bool, str]:
         return True, f"authentication: the server at {uri} requires none: anyone who can reach it can write{extra}"
     if found is None or _status(uri, found) == 401:
         return False, "authentication: " + refusal(uri, 401, environ=environ).replace("\n", " ")
-    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/get-by-name?"
-                                     + urllib.parse.urlencode({"experiment_name": experiment}))
-    request.add_header("Authorization", "Basic " + base64.b64encode(":".join(found).encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=10):
-            code = 200
-    except urllib.error.HTTPError as err:
-        code = err.code
-    if code == 403:
-        return False, "authentication: " + refusal(uri, 403, experiment, environ).replace("\n", " ")
-    state = "it does not exist yet (created on the first run)" if code == 404 else "this user can open it"
-    return True, (f"authentication: required; this shell authenticates as {found[0]!r}; "
-                  f"experiment {experiment!r}: {state}")
+    state = access(uri, experiment, found)
+    if state in ("none", "read"):
+        return False, "authentication: " + refusal(uri, 403, experiment, environ).replace("\n", " ") + (
+            " (this user can read it)" if state == "read" else "")
+    what = "it does not exist yet: this user's first run creates it" if state == "new" else "this user can write to it"
+    return True, f"authentication: required; this shell authenticates as {found[0]!r}; experiment {experiment!r}: {what}"
 
 
 def ensure(path: Path, environ=os.environ) -> tuple[str, str]:

@@ -26,6 +26,7 @@ import mlflow
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, RunTag
 from mlflow.tracking import MlflowClient
 
+from ..errors import UserError
 from . import store
 
 log = logging.getLogger(__name__)
@@ -155,9 +156,12 @@ def _cli(argv: list[str] | None = None) -> int:
             uri = args.tracking_uri or lines[0]["tracking_uri"]
             if store.sqlite_path(uri) is not None:
                 store.not_sqlite(store.sqlite_path(uri))
+            if store.is_server(uri):
+                store.check(uri)
+                store.authenticate(uri)  # the variables, else the owner's credentials file
             mlflow.set_tracking_uri(uri)
             count = replay(path, MlflowClient(uri))
-        except store.TrackingError as err:
+        except UserError as err:
             print(f"{path}: not imported: {err}", file=sys.stderr)
             return 2  # the same store for every file: no use trying the next
         except Exception as err:

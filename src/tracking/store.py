@@ -155,11 +155,11 @@ def connect(uri: str, experiment_name: str) -> str:
     Runs before any data is loaded, so an unreachable server or an unwritable folder costs seconds.
     """
     check(uri)
-    authenticated = is_server(uri) and auth.check_server(redact(uri)) is not None
+    authenticated = authenticate(uri)
     mlflow.set_tracking_uri(uri)
     try:
         with _first_use_lock(sqlite_path(uri)):
-            return _experiment_id(sqlite_path(uri), experiment_name)
+            experiment_id = _experiment_id(sqlite_path(uri), experiment_name)
     except mlflow.exceptions.MlflowException as err:
         if authenticated:
             _refuse_permission(uri, experiment_name, err)
@@ -167,6 +167,16 @@ def connect(uri: str, experiment_name: str) -> str:
             f"the tracking store {redact(uri)} cannot be used for experiment {experiment_name!r}: "
             f"{str(err).splitlines()[0]}\nFix: check tracking.tracking_uri / MLFLOW_TRACKING_URI."
         ) from err
+    # READ permission opens the experiment; the run itself would be refused after the data loaded
+    if authenticated and auth.access(redact(uri), experiment_name, auth.credentials()) == "read":
+        raise auth.AuthError(auth.refusal(redact(uri), 403, experiment_name))
+    return experiment_id
+
+
+def authenticate(uri: str) -> bool:
+    """Before a server is used (src.train, src.compare, src.outbox): its credentials loaded, from the variables or
+    the owner's file; missing or wrong ones refused (auth.AuthError). True where the server requires them."""
+    return is_server(uri) and auth.check_server(redact(uri)) is not None
 
 
 def _refuse_permission(uri: str, experiment_name: str, err: Exception) -> None:
