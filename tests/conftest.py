@@ -336,7 +336,39 @@ def _processes_are_marked(request, monkeypatch):
     yield
 
 
+_TRAINED: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _training_is_marked(request, monkeypatch):
+    """The same check for the `trains` mark: a test that trains a Keras model in this process (fit, train_on_batch,
+    the compiled loop) without it is listed at the end of the session. Only where Keras is imported already: the
+    check must not import it itself."""
+    if "trains" in request.node.keywords or "keras" not in sys.modules:
+        yield
+        return
+    import keras
+
+    targets = [(keras.Model, "fit"), (keras.Model, "train_on_batch")]
+    if "src.training.compiled" in sys.modules:
+        targets.append((sys.modules["src.training.compiled"].Epochs, "train_epoch"))
+    for owner, name in targets:
+        original = getattr(owner, name)
+
+        def wrapped(self, *a, _original=original, **k):
+            if request.node.nodeid not in _TRAINED:
+                _TRAINED.append(request.node.nodeid)
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(owner, name, wrapped)
+    yield
+
+
 def pytest_terminal_summary(terminalreporter):
+    if _TRAINED:
+        terminalreporter.write_line("tests that trained a model without the `trains` mark (conftest._DOES):")
+        for nodeid in _TRAINED:
+            terminalreporter.write_line(f"  {nodeid}")
     if _STARTED:
         terminalreporter.write_line("tests that started a Python process without the `processes` mark (conftest._DOES):")
         for nodeid in sorted(set(_STARTED)):

@@ -43,6 +43,7 @@ SCOPE = (
     "src.training.resume.x_backup_dir*", "src.training.resume.x_fingerprint*", "src.training.resume.x_for_run*",
     "src.sweeps.sweep.x_summary*", "src.sweeps.sweep.x__overrides*",
     "src.compare.*", "src.tracking.redaction.*", "src.config.*", "src.preflight.*",
+    "src.tracking.status.*", "src.sweeps.manifest.*",
 )
 
 
@@ -58,11 +59,12 @@ def score(folders: list[Path]) -> int:
     codes: dict[str, int | None] = {}
     sources: dict[str, bytes] = {}  # the mutated file each module's results belong to
     for mutants in folders:
-        for meta in sorted(mutants.glob("src/*.py.meta")):
+        for meta in sorted(mutants.glob("src/**/*.py.meta")):  # the wings' modules too (src/tracking/store.py)
+            module = ".".join(meta.relative_to(mutants).with_suffix("").with_suffix("").parts)  # src.tracking.store
             source = meta.with_suffix("").read_bytes()
-            if sources.get(meta.name, source) != source:  # another version of the file: its results alone count
-                codes = {k: v for k, v in codes.items() if not k.startswith(f"src.{meta.name.split('.')[0]}.")}
-            sources[meta.name] = source
+            if sources.get(module, source) != source:  # another version of the file: its results alone count
+                codes = {k: v for k, v in codes.items() if not k.startswith(f"{module}.")}
+            sources[module] = source
             for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
                 if code is not None or name not in codes:  # a checked result is not undone by "not checked"
                     codes[name] = code
@@ -70,20 +72,20 @@ def score(folders: list[Path]) -> int:
     for name, code in codes.items():
         if any(fnmatchcase(name, pattern) for pattern in SCOPE):
             status = stats.status_by_exit_code[code]
-            totals[name.split(".")[1]][status] += 1
-    print(f"{'module':<12}{'killed':>8}{'of':>6}{'score':>8}   others")
+            totals[name.rsplit(".", 1)[0].removeprefix("src.")][status] += 1  # tracking.store
+    print(f"{'module':<18}{'killed':>8}{'of':>6}{'score':>8}   others")
     killed_all = generated_all = 0
     for module, counts in sorted(totals.items()):
         killed = counts["killed"] + counts["timeout"]
         generated = sum(counts.values())
         others = ", ".join(f"{n} {s}" + (" (counted killed)" if s == "timeout" else "")
                            for s, n in sorted(counts.items()) if s != "killed")
-        print(f"{module:<12}{killed:>8}{generated:>6}{killed / generated:>8.1%}   {others}")
+        print(f"{module:<18}{killed:>8}{generated:>6}{killed / generated:>8.1%}   {others}")
         killed_all, generated_all = killed_all + killed, generated_all + generated
     if not generated_all:
         print("no results: run `python tests/run_mutmut.py scope` first")
         return 1
-    print(f"{'all':<12}{killed_all:>8}{generated_all:>6}{killed_all / generated_all:>8.1%}")
+    print(f"{'all':<18}{killed_all:>8}{generated_all:>6}{killed_all / generated_all:>8.1%}")
     return 0 if killed_all >= 0.9 * generated_all else 1
 
 

@@ -57,6 +57,19 @@ def test_an_unusable_folder_degrades_to_compiling_with_one_warning(tmp_path, cap
     assert not good and "unusable" in text and "Fix: hardware.compilation_cache_dir=" in text
 
 
+def test_off_after_on_in_one_process_resets_jaxs_config(tmp_path):
+    """Once JAX is imported its config, not the environment, decides: a later run with null must turn it off."""
+    jax = pytest.importorskip("jax")
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        cc.enable(str(tmp_path / "cache"))
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache")
+        cc.enable(None)
+        assert jax.config.jax_compilation_cache_dir is None
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+
+
 def test_the_schema_has_it_on_by_default():
     assert compose([]).hardware.compilation_cache_dir == "auto"
     assert compose(["hardware.compilation_cache_dir=null"]).hardware.compilation_cache_dir is None

@@ -191,6 +191,7 @@ def test_the_real_data_tier_reads_the_offline_data_folder_when_no_other_is_named
     assert real_data_dir({}).parts[-2:] == ("shared", "data")
 
 
+@pytest.mark.processes  # src.doctor probes the other backends in processes
 def test_doctor_names_an_empty_or_cut_data_file_and_blocks_on_it(data_dir, tmp_path, capsys):
     """doctor said "not the known file (sha256 differs). Fix: download it again" for both."""
     from src import doctor

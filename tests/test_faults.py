@@ -188,6 +188,7 @@ def test_07_corrupt_npz_names_the_file_and_suggests_downloading_again(args, expe
 # 8-9: failures during training
 
 
+@pytest.mark.trains  # src.train's main, in this process
 def test_08_nan_loss_stops_at_once_and_fails_the_run(args, experiment, capfd):
     code, output = main([*args, "optimizer=sgd", "optimizer.learning_rate=1e30", "trainer.epochs=20"], capfd)
     assert code == 2, output
@@ -225,6 +226,7 @@ class SignalAt(__import__("keras").callbacks.Callback):
                     raise
 
 
+@pytest.mark.trains  # src.train's main, in this process
 @pytest.mark.parametrize("swallow", [False, True], ids=["raised", "swallowed"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_09_signal_mid_epoch_kills_the_run_keeping_metrics_and_checkpoint(

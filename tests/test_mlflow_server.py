@@ -34,6 +34,7 @@ def taken():
         yield holder.getsockname()[1]
 
 
+@pytest.mark.processes  # a real mlflow server
 def test_a_port_taken_before_the_server_binds_is_retried_on_another(tmp_path, monkeypatch, taken):
     ports = iter([taken])
     monkeypatch.setattr(mlflow_server, "free_port", lambda: next(ports, None) or socket_port())
@@ -47,6 +48,7 @@ def test_a_port_taken_before_the_server_binds_is_retried_on_another(tmp_path, mo
         server.kill()
 
 
+@pytest.mark.processes  # a real mlflow server
 def test_a_port_the_caller_chose_is_kept(tmp_path, taken):
     server = QuickServer(tmp_path, port=taken)
     with pytest.raises(PortInUse):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 
+
+@pytest.mark.processes  # plot worker processes
 def test_plot_workers_draw_the_figure_a_run_would_draw_and_a_dead_worker_costs_only_time(tmp_path):
     """The fused launcher's plot workers (plots.Workers: python -m src.plots) draw byte for byte what src.plots
     draws in-process, each member its own; with every worker killed, each plot is still drawn, here."""

@@ -305,3 +305,38 @@ def test_a_journal_damaged_before_its_last_record_is_refused_with_the_way_to_kee
     fix = str(err.value).split("Fix: keep the 3 records before it (they hold the trials up to there): ")[1]
     subprocess.run(["bash", "-c", fix.split("; or")[0]], check=True)  # the fix as printed
     assert load(tmp_path).trials is not None and journal.read_bytes() == b"\n".join(lines[:3]) + b"\n"
+
+
+FINITE = {"optimizer.learning_rate": "choice(0.001,0.01,0.1)", "trainer.batch_size": "choice(32,64)"}
+
+
+def fake_launch(trained: list):
+    """A launcher that trains nothing: records each trial's overrides and returns a value from them."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    def launch(overrides, number):
+        trained.append(tuple(o for o in overrides if o.split("=")[0] in FINITE))
+        return JobReturn(status=JobStatus.COMPLETED, _return_value=float(len(trained)))
+
+    return launch
+
+
+def test_a_space_of_finite_choices_trains_no_point_twice_while_untried_ones_remain(tmp_path, caplog):
+    """Six points, six trials over a resumption: TPE's random start-up draws repeat (without the check, this seed
+    trained 3 distinct points in 6 trials)."""
+    trained: list = []
+    first, _ = optuna_config(f"hydra.sweep.dir={tmp_path}", "hydra.sweeper.n_trials=3", params=FINITE)
+    with caplog.at_level("INFO"):
+        search.Search(first, launch=fake_launch(trained), in_process=True).run()
+        grown, _ = optuna_config(f"hydra.sweep.dir={tmp_path}", "hydra.sweeper.n_trials=6", params=FINITE)
+        study = search.Search(grown, launch=fake_launch(trained), in_process=True)
+        study.run()
+    assert len(trained) == 6 and len(set(trained)) == 6, trained  # the whole space, each point once
+    repeats = [t for t in study.study.trials if search.REPEAT_OF in t.user_attrs]
+    assert all(t.state == TrialState.FAIL and not t.intermediate_values for t in repeats)
+    assert len(repeats) == caplog.text.count("again: not trained")
+    assert "(repeat of" in search.summary(study.study, 6) or not repeats
+
+    more, _ = optuna_config(f"hydra.sweep.dir={tmp_path}", "hydra.sweeper.n_trials=8", params=FINITE)
+    search.Search(more, launch=fake_launch(trained), in_process=True).run()
+    assert len(trained) == 8  # every point tried: the sampler may repeat one now

@@ -26,6 +26,7 @@ SECRETS = {
 }
 
 
+@pytest.mark.trains  # src.train's main, in this process
 def test_no_secret_reaches_mlflow_and_the_model_loads_in_safe_mode(args, experiment, tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", SECRETS["MLFLOW_TRACKING_PASSWORD"])
     # hydra.job.env_set puts an override verbatim into .hydra/hydra.yaml and the job's environment

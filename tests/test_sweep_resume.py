@@ -8,6 +8,8 @@ import pickle
 import shutil
 import signal
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from cli_runs import run, start
@@ -15,6 +17,7 @@ from conftest import ROOT, base_overrides
 from mlflow.tracking import MlflowClient
 
 from src import compare
+from src.config import Backend
 from src.sweeps import manifest
 from src.tracking import names
 
@@ -191,3 +194,108 @@ def test_a_sweep_composes_each_point_once_and_hands_every_caller_its_own_copy():
     loader.load_sweep_config = real
     sent = pickle.loads(pickle.dumps(once))  # hydra-submitit-launcher pickles its launcher, loader included
     assert sent.load_sweep_config(master, ["seed=2"]).seed == 2 and composed == [["seed=1"], ["seed=2"]]
+
+
+def _child(point, state, start, folder=None):
+    from types import SimpleNamespace as NS
+
+    tags = {names.SWEEP_POINT: point} if point else {}
+    if folder:
+        tags[names.BACKUP_DIR] = str(folder)
+    return NS(info=NS(status=state, start_time=start), data=NS(tags=tags))
+
+
+def test_the_manifest_keeps_each_points_first_place_and_is_written_whole(tmp_path):
+    found = manifest.Manifest(tmp_path)
+    assert found.points == {} and not found.path.exists()
+    found.add("aaa", ["seed=1"])
+    found.add("bbb", ["seed=2"])
+    found.add("aaa", ["seed=9"])  # the same point asked again keeps its place and overrides
+    found.save(["-m", "seed=1,2"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [manifest.FILE]  # no temporary file left
+    again = manifest.Manifest(tmp_path)
+    assert again.points == {"aaa": {"index": 0, "overrides": ["seed=1"]}, "bbb": {"index": 1, "overrides": ["seed=2"]}}
+    assert again.data["command"] == ["-m", "seed=1,2"]
+    assert again.data["resume"] == manifest.resume_command(["-m", "seed=1,2"], tmp_path)
+    assert again.data["resume"].endswith(f"-m seed=1,2 hydra.sweep.dir={tmp_path}")
+
+
+def test_a_resume_command_replaces_the_sweep_folder_it_was_given():
+    command = manifest.resume_command(["-m", "hydra.sweep.dir=/old", "seed=1,2"], Path("/new"))
+    assert "/old" not in command and command.endswith("-m seed=1,2 hydra.sweep.dir=/new")
+
+
+def test_progress_counts_each_point_by_its_last_child_and_finished_anywhere_wins():
+    found = manifest.Manifest(Path("/nonexistent"))
+    for point in ("done", "retried", "failed", "killed", "running", "missing"):
+        found.add(point, [])
+    children = [
+        _child("done", "FINISHED", 1), _child("done", "FAILED", 2),        # finished once: finished
+        _child("retried", "FAILED", 1), _child("retried", "FINISHED", 2),
+        _child("failed", "KILLED", 2), _child("failed", "FAILED", 3),
+        _child("killed", "FAILED", 1), _child("killed", "KILLED", 5),
+        _child("running", "FAILED", 1), _child("running", "RUNNING", 4),
+        _child("other", "FINISHED", 1), _child(None, "FINISHED", 1),   # not this sweep's points
+    ]
+    progress = found.progress(children[::-1])  # the order the store returns them in does not matter
+    assert progress == manifest.Progress(total=6, finished=2, failed=2, running=1, missing=1)
+    assert progress.line() == "2 of 6 finished, 2 failed, 1 missing, 1 running"
+    assert manifest.Progress(total=2, finished=2, failed=0, running=0, missing=0).line() == \
+        "2 of 2 finished, 0 failed, 0 missing"
+
+
+def test_job_numbers_continue_after_the_highest_job_folder(tmp_path):
+    assert manifest.next_job_num(tmp_path) == 0
+    for name in ("0_123_0", "7_123_7", "3_x"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "12_file").write_text("")  # a file, not a job folder
+    (tmp_path / ".submitit").mkdir()
+    assert manifest.next_job_num(tmp_path) == 8
+
+
+def test_children_are_grouped_by_point_oldest_first():
+    a2, a1, b1 = _child("a", "FAILED", 2), _child("a", "FINISHED", 1), _child("b", "RUNNING", None)
+    assert manifest.by_point([a2, b1, a1, _child(None, "FINISHED", 0)]) == {"a": [a1, a2], "b": [b1]}
+
+
+def test_plan_resumes_the_latest_checkpoint_and_never_a_running_runs(tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    for folder in (old, new):
+        folder.mkdir()
+        (folder / "state.json").write_text("{}")
+    assert manifest.plan([_child("p", "FAILED", 1, old), _child("p", "KILLED", 2, new)]) == ("resume", str(new))
+    assert manifest.plan([_child("p", "KILLED", 1, old), _child("p", "FAILED", 2)]) == ("resume", str(old))
+    assert manifest.plan([_child("p", "RUNNING", 1, old)]) == ("new", None)  # its process may still write there
+
+
+def test_a_point_hash_is_stable_so_sweeps_of_earlier_versions_still_resume():
+    """Child runs carry the hash as a tag: the same point must hash alike however its config was written (key order,
+    an interpolation, Hydra's node, a setting that does not change what is trained), and as it did before."""
+    from omegaconf import OmegaConf
+
+    point = {"seed": 1, "model": {"units": [512], "name": "mnist_dense"}, "trainer": {"epochs": 5, "lr": "${seed}"}}
+    found = manifest.point_hash(OmegaConf.create(point))
+    assert found == "30c9adeb313cf1c4"  # sha256 of the sorted resolved JSON, 16 hex digits: never change it
+    same = {"hydra": {"job": {"num": 3}}, "trainer": {"lr": 1, "epochs": 5, "verbose": 0},
+            "model": {"name": "mnist_dense", "units": [512]}, "seed": 1, "tracking": {"tracking_uri": "x"}}
+    assert manifest.point_hash(OmegaConf.create(same)) == found
+    assert manifest.point_hash(OmegaConf.create({**point, "seed": 2})) != found
+    assert manifest.point_hash(OmegaConf.create({"trainer": {"epochs": 5}, "tracking": 3})) != found  # no KeyError
+
+
+def test_a_resume_command_is_a_multirun_in_the_sweeps_folder():
+    assert manifest.resume_command(["seed=1,2"], Path("/new")).endswith(" -m src.train -m seed=1,2 hydra.sweep.dir=/new")
+
+
+@dataclass
+class SimpleBackend:
+    backend: Backend = Backend.tensorflow
+
+
+def test_a_point_hash_reads_the_schemas_enums_as_their_names():
+    """The composed config holds the schema's enums (backend, trainer.loop): they hash as the strings a YAML writes."""
+    from omegaconf import OmegaConf
+
+    typed = OmegaConf.structured(SimpleBackend(backend=Backend.jax))
+    assert OmegaConf.get_type(typed, "backend") is Backend
+    assert manifest.point_hash(typed) == manifest.point_hash(OmegaConf.create({"backend": "jax"}))

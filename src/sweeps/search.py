@@ -44,6 +44,7 @@ JOURNAL_FILE = "optuna_journal.log"
 STUDY_NAME = "sweep"  # one study per sweep folder
 SUMMARY_FILE = "optuna_summary.md"
 PRUNED_AT = "pruned_at_epoch"  # a trial's user attribute, set by its job when the pruner stops it
+REPEAT_OF = "repeat_of"  # a trial's user attribute: the sampler proposed that earlier trial's point again
 
 
 class SearchError(UserError, ValueError):
@@ -125,6 +126,27 @@ class Space:
 
     def overrides(self, params: dict) -> list[str]:
         return [*self.fixed, *(f"{key}={value}" for key, value in params.items())]
+
+    def points(self, limit: int = 100_000) -> list[dict] | None:
+        """Every point of a space of finite choices only (choices, int ranges, stepped floats), in order; None for a
+        continuous one or one of more than `limit` points."""
+        import itertools
+
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        values = []
+        for d in self.distributions.values():
+            if isinstance(d, CategoricalDistribution):
+                values.append(list(d.choices))
+            elif isinstance(d, IntDistribution):  # step 1 when log
+                values.append(list(range(d.low, d.high + 1, d.step)))
+            elif isinstance(d, FloatDistribution) and d.step is not None:
+                values.append([d.low + i * d.step for i in range(round((d.high - d.low) / d.step) + 1)])
+            else:
+                return None
+        if math.prod(len(v) for v in values) > limit:
+            return None
+        return [dict(zip(self.distributions, combo)) for combo in itertools.product(*values)]
 
 
 def space(params: dict, arguments: list[str]) -> Space:
@@ -306,6 +328,8 @@ class Search:
             self.n_jobs = 1
         self.launch = launch
         seed = config.seed if s.seed is None else s.seed
+        self.seed = seed
+        self._points = self.space.points()
         pruner = {"name": s.pruner, "settings": pruner_settings(s)}
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # this module logs each trial itself
@@ -373,7 +397,7 @@ class Search:
     def _start(self, pool: ThreadPoolExecutor | None = None):
         """Ask for a trial and launch its job: in `pool`, or here, waiting for it. Returns the trial and a Future."""
         with self._lock:
-            trial = self.study.ask(self.space.distributions)
+            trial = self._ask()
         overrides = self.space.overrides(trial.params)
         log.info("Trial %d: %s", trial.number, " ".join(overrides[len(self.space.fixed):]))
         if pool is not None:
@@ -384,6 +408,35 @@ class Search:
         except Exception as err:  # KeyboardInterrupt and SystemExit stop the sweep
             future.set_exception(err)
         return trial, future
+
+    def _ask(self):
+        """The next trial. In a space of finite choices no point is trained twice while untried ones remain: a
+        sampler's repeat (TPE and random sampling draw choices again, and a resumed study's sampler knows nothing of
+        its earlier draws) is told FAIL untrained (user attr `repeat_of`) and an untried point, drawn with the
+        study's seed, is asked instead."""
+        from optuna.trial import TrialState
+
+        trial = self.study.ask(self.space.distributions)
+        points = self._points
+        if points is None:
+            return trial
+        taken = {}
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                                TrialState.RUNNING)):
+            if t.number != trial.number:
+                taken.setdefault(_key(t.params), t.number)
+        if (earlier := taken.get(_key(trial.params))) is None:
+            return trial
+        untried = [p for p in points if _key(p) not in taken]
+        if not untried:
+            return trial  # every point tried: a repeat is the sampler's choice to make
+        pick = untried[np.random.default_rng([self.seed, trial.number]).integers(len(untried))]
+        trial.set_user_attr(REPEAT_OF, earlier)
+        self.study.tell(trial, state=TrialState.FAIL)
+        self.study.enqueue_trial(pick)
+        log.info("Trial %d: the sampler proposed trial %d's point again: not trained (FAIL, %s); one of the %d "
+                 "untried points instead", trial.number, earlier, REPEAT_OF, len(untried))
+        return self.study.ask(self.space.distributions)
 
     def _end_stale(self) -> None:
         """Trials left RUNNING belong to a driver that died (this folder has one driver at a time): FAIL them, so
@@ -449,7 +502,8 @@ def summary(study, n_trials: int) -> str:
     epochs = study.user_attrs.get("epochs")
     monitor = study.user_attrs.get("monitor", "value")
     keys = sorted({k for t in trials for k in t.params})
-    rows = [[str(t.number), t.state.name, *(_short(t.params.get(k, "")) for k in keys),
+    rows = [[str(t.number), f"{t.state.name} (repeat of {t.user_attrs[REPEAT_OF]})" if REPEAT_OF in t.user_attrs
+             else t.state.name, *(_short(t.params.get(k, "")) for k in keys),
              f"{t.value:.4f}" if t.value is not None else "", str(len(t.intermediate_values)),
              str(t.user_attrs.get(PRUNED_AT, ""))] for t in trials]
     # pruning's saving, over the trials that ended (complete or pruned): a failed or unfinished one saved nothing
@@ -470,6 +524,10 @@ def summary(study, n_trials: int) -> str:
     except ValueError:
         lines.append("No trial completed.")
     return "\n".join(lines) + "\n"
+
+
+def _key(params: dict) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in params.items()))
 
 
 def _short(value) -> str:

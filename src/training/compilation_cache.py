@@ -50,13 +50,14 @@ def unusable(path: Path) -> str | None:
 def enable(configured: str | None) -> Path | None:
     """Point JAX at the cache folder, if it is usable; the folder in use (None: JAX compiles every program)."""
     path = folder(configured)
-    if path is None:
-        os.environ.pop(DIR_ENV, None)
-        return None
-    if why := unusable(path):
+    if path is not None and (why := unusable(path)):
         log.warning("JAX compilation cache off: %s; every program compiles. Fix: hardware.compilation_cache_dir="
                     "<a writable folder>, or null to silence this", why)
+        path = None
+    if path is None:
         os.environ.pop(DIR_ENV, None)
+        if "jax" in sys.modules:  # an earlier run in this process turned it on
+            sys.modules["jax"].config.update("jax_compilation_cache_dir", None)
         return None
     os.environ[DIR_ENV] = str(path)
     os.environ.setdefault(MIN_TIME_ENV, "0")
