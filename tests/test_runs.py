@@ -259,7 +259,12 @@ def test_a_new_run_forgets_the_previous_runs_interruption(experiment_id, guard):
 
 
 def test_a_run_outside_the_main_thread_leaves_signals_alone(experiment_id, guard):
-    """Python sets signal handlers only in the main thread: a run in another thread still works and ends."""
+    """Python sets signal handlers only in the main thread: a run in another thread still works and ends, and the
+    signal an earlier run of the main thread saw does not kill it (it did when this test ran after another that
+    ended KILLED: CI, 2026-12-07)."""
+    with interrupted_by(runs.Terminated):
+        with runs.run(experiment_id, "earlier", {}):
+            send(signal.SIGTERM)
     result = {}
 
     def in_thread():

@@ -301,9 +301,10 @@ def raise_if_interrupted() -> None:
 
     The signal handler raises at once too, but where that exception lands is chance: one raised inside a
     framework's data iterator can be swallowed there (seen with Keras's JAX trainer, for both signals), and
-    training would go on to FINISHED. So per-batch callbacks and the end of the run ask again.
+    training would go on to FINISHED. So per-batch callbacks and the end of the run ask again. Signals reach the
+    main thread only: a run in another thread is never stopped by the one an earlier main-thread run saw.
     """
-    if _INTERRUPTED:
+    if _INTERRUPTED and threading.current_thread() is threading.main_thread():
         raise _INTERRUPTED[0]
 
 
