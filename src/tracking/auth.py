@@ -154,9 +154,12 @@ def access(uri: str, experiment: str, found: tuple[str, str]) -> str:
         return "new"
     if code == 403:
         return "none"
-    code, _ = _request(uri, "/api/2.0/mlflow/experiments/update",
-                       found, {"experiment_id": body.get("experiment", {}).get("experiment_id", "")})
-    return "read" if code == 403 else "write"
+    return "write" if can_write(uri, body.get("experiment", {}).get("experiment_id", ""), found) else "read"
+
+
+def can_write(uri: str, experiment_id: str, found: tuple[str, str]) -> bool:
+    """Whether this user may write to an experiment it can open (the probe of `access`)."""
+    return _request(uri, "/api/2.0/mlflow/experiments/update", found, {"experiment_id": experiment_id})[0] != 403
 
 
 def describe(uri: str, experiment: str, environ=os.environ) -> tuple[bool, str]:

@@ -168,7 +168,7 @@ def connect(uri: str, experiment_name: str) -> str:
             f"{str(err).splitlines()[0]}\nFix: check tracking.tracking_uri / MLFLOW_TRACKING_URI."
         ) from err
     # READ permission opens the experiment; the run itself would be refused after the data loaded
-    if authenticated and auth.access(redact(uri), experiment_name, auth.credentials()) == "read":
+    if authenticated and not auth.can_write(redact(uri), experiment_id, auth.credentials()):
         raise auth.AuthError(auth.refusal(redact(uri), 403, experiment_name))
     return experiment_id
 
