@@ -6,9 +6,12 @@ the variables; the password must not appear anywhere a test can look.
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, base_overrides, child_env, compose, train_composed
 from mlflow_server import AuthServer, MlflowServer
+from src.errors import UserError
 from src.tracking import auth, outbox
 
 CREDENTIAL_VARS = (auth.USER_VAR, auth.PASSWORD_VAR, "LE5_MLFLOW_CREDENTIALS")
@@ -72,6 +76,57 @@ def test_file_readable_by_others_or_an_empty_password_is_refused_with_the_fix(tm
         auth.credentials({"LE5_MLFLOW_CREDENTIALS": str(path)})
     with pytest.raises(auth.AuthError, match="both be set and non-empty"):
         auth.credentials({auth.USER_VAR: "a", auth.PASSWORD_VAR: ""})
+
+
+@contextlib.contextmanager
+def stalling_server(stalled_requests: int):
+    """A stand-in server on 127.0.0.1 that leaves its first `stalled_requests` requests unanswered (as an MLflow
+    server busy with sixteen jobs' writes does) and answers the rest 200 {}."""
+    release = threading.Event()
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            if len(seen) <= stalled_requests:
+                release.wait(60)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
+    finally:
+        release.set()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture
+def patient_for_one_second(monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+
+
+def test_the_credentials_probe_waits_and_retries_as_mlflows_own_calls_do(patient_for_one_second):
+    with stalling_server(stalled_requests=1) as (uri, seen):
+        assert auth.requires_auth(uri) is False  # the first request timed out after 1 s; the retry answered 200
+    assert len(seen) == 2
+
+
+def test_a_server_that_never_answers_the_probe_is_one_clear_error(patient_for_one_second):
+    with stalling_server(stalled_requests=99) as (uri, _):
+        with pytest.raises(UserError, match=r"(?s)did not answer the credentials check.*MLFLOW_HTTP_REQUEST_TIMEOUT"):
+            auth.requires_auth(uri)
 
 
 @pytest.mark.processes  # a real mlflow server

@@ -2,22 +2,18 @@
 
 MLflow's client authenticates with $MLFLOW_TRACKING_USERNAME / $MLFLOW_TRACKING_PASSWORD. When they are not
 set, the owner's credentials file (written by the server script, mode 0600) provides them: `load()` exports
-them into os.environ for this process and its children, never onto a command line. Imports neither MLflow
-nor Keras: the server script calls it too (`python -m src.tracking.auth path|ensure`).
+them into os.environ for this process and its children, never onto a command line. Imports MLflow only for
+its REST calls and never Keras: the server script calls it too (`python -m src.tracking.auth path|ini`).
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import os
 import secrets
 import stat
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 from ..errors import UserError
@@ -104,20 +100,29 @@ def refusal(uri: str, status: int, experiment: str | None = None, environ=os.env
 
 def _request(uri: str, path: str, user_password: tuple[str, str] | None, body: dict | None = None) -> tuple[int, dict]:
     """(HTTP status, JSON body) of one REST call, with Basic auth when credentials are given. A user:password@ in
-    the URI is not part of the host."""
+    the URI is not part of the host. Sent by MLflow's own client (rest_utils.http_request), so a busy server gets
+    the patience a run's own calls get: MLFLOW_HTTP_REQUEST_TIMEOUT and _MAX_RETRIES (store.HTTP_DEFAULTS)."""
+    from mlflow.exceptions import MlflowException  # imported here: the server script's commands need no MLflow
+    from mlflow.utils.rest_utils import MlflowHostCreds, http_request
+
     parts = urllib.parse.urlsplit(uri.rstrip("/"))
     base = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(base + path, data=data, method="GET" if body is None else "POST")
-    request.add_header("Content-Type", "application/json")
-    if user_password:
-        token = base64.b64encode(":".join(user_password).encode()).decode()
-        request.add_header("Authorization", "Basic " + token)
+    user, password = user_password or (None, None)
+    path, _, query = path.partition("?")
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as err:
-        return err.code, {}
+        response = http_request(MlflowHostCreds(base, username=user, password=password), path,
+                                "GET" if body is None else "POST", json=body,
+                                params=dict(urllib.parse.parse_qsl(query)), raise_on_status=False)
+    except MlflowException as err:
+        raise UserError(
+            f"the MLflow server at {base} did not answer the credentials check: {str(err).splitlines()[0]}\n"
+            "Fix: check that the server runs and is not overloaded (its terminal shows its log), or raise "
+            "MLFLOW_HTTP_REQUEST_TIMEOUT / MLFLOW_HTTP_REQUEST_MAX_RETRIES."
+        ) from err
+    try:
+        return response.status_code, response.json() if response.ok else {}
+    except ValueError:  # not JSON: a proxy's page, say
+        return response.status_code, {}
 
 
 def _status(uri: str, user_password: tuple[str, str] | None) -> int:

@@ -98,7 +98,9 @@ def check(uri: str) -> None:
         for var, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(var, value)
         try:
-            with urllib.request.urlopen(_health_request(uri), timeout=10) as response:
+            # a busy server is not a missing one: the patience of MLflow's own calls
+            timeout = float(os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"])
+            with urllib.request.urlopen(_health_request(uri), timeout=timeout) as response:
                 response.read()
         except (urllib.error.URLError, OSError) as err:
             raise TrackingError(
