@@ -1,12 +1,13 @@
 """hydra/launcher=fused (src/fused/launch.py, src/fused/vmapped.py): a sweep's points trained together, each its own run.
 
-The training tests run Keras on JAX in this process: run them with KERAS_BACKEND=jax (the CI's second pass);
-under another backend they are skipped, except the refusals, which need no Keras. Real Keras training on the
-synthetic files of conftest.py, real SQLite stores, real Hydra multiruns in subprocesses; no mocks.
+The program's tests run Keras on JAX in this process: run them with KERAS_BACKEND=jax (the CI's second pass);
+under another backend they are skipped. The launcher's tests run `backend=jax` in subprocesses (CI's first pass).
+Real Keras training on the synthetic files of conftest.py, real SQLite stores, real Hydra multiruns; no mocks.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,9 @@ import pytest
 from conftest import BACKEND, compose
 
 jax_only = pytest.mark.skipif(BACKEND != "jax", reason="trains in this process on Keras's JAX backend: KERAS_BACKEND=jax")
+# The launcher's tests run `backend=jax` in subprocesses: they need JAX installed, not this process on JAX (so they
+# run in CI's first pass, which starts processes; its JAX pass runs only what trains in the pytest process).
+jax_installed = pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="needs JAX: pip install jax")
 
 # Four points of one group: two learning rates x two seeds, Dropout on (each member draws its own masks).
 POINTS = [(1, 1e-3), (2, 1e-3), (1, 1e-2), (3, 3e-4)]
@@ -109,6 +113,37 @@ def test_an_inactive_member_keeps_its_state_while_the_others_train(data_dir):
                zip(jax.tree_util.tree_leaves(before[0]), jax.tree_util.tree_leaves(after[0])))
 
 
+@jax_only
+@pytest.mark.parametrize("active, at_once", [([True, False, False, True], 2), ([False, False, True, False], 2),
+                                             ([True, True, True, False], 2), ([True, False, True, True], None)])
+def test_a_shrunk_group_trains_only_its_live_members_with_the_same_results(data_dir, active, at_once):
+    """live_epoch gathers the live members into a smaller program (two of four, two by two: one chunk; one of four:
+    alone; three of four vmapped together: those three) or, when that saves no chunk (three of four, two by two),
+    trains all: the live members' states and logs equal those of the full program with the same mask, and the frozen
+    ones' states are untouched."""
+    import jax
+
+    from src.fused import vmapped
+
+    ds, build = _builder(data_dir)
+    members = [build(seed, lr) for seed, lr in POINTS]
+    program = vmapped.Program(members[0], ds, 64)
+    for m in members:
+        program.build(m, program.rows("val"))
+    state = program.stack([program.state_of(m) for m in members])
+    keys = program.keys([seed for seed, _ in POINTS])
+    full, full_train, full_val = program.epoch(state, keys, [1, 2, 0, 3], active, at_once)
+    full, full_train, full_val = jax.device_get((full, full_train, full_val))
+    live, train, val = program.live_epoch(state, keys, [1, 2, 0, 3], active, at_once)
+    live = jax.device_get(live)
+    for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(live)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    for i in (i for i, on in enumerate(active) if on):
+        for logs, want in ((train, full_train), (val, full_val)):
+            for key in want:
+                assert float(logs[key][i]) == pytest.approx(float(want[key][i]), rel=1e-5, abs=1e-6), (i, key)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The launcher, as users run it (subprocesses on backend=jax; run once, in the JAX pass)
 
@@ -120,7 +155,7 @@ def _sweep(data_dir, store, experiment, sweep_dir, *extra):
             "trainer.epochs=2", "tracking.log_model=false", f"hydra.sweep.dir={sweep_dir}", *extra]
 
 
-@jax_only
+@jax_installed
 def test_a_fused_sweep_records_each_point_as_its_own_run_and_resumes(data_dir, store, experiment, tmp_path):
     """4 points (2 learning rates x 2 seeds) in one group: one parent, one FINISHED child per point with its own
     epochs at steps 1 and 2 (once), its test metrics, objective and artifacts; the rerun of the same command runs
@@ -220,7 +255,7 @@ def test_a_group_is_split_into_programs_that_fit_the_budget():
     assert fused.split(list(range(4)), 4) == [[0, 1, 2, 3]]
 
 
-@jax_only
+@jax_installed
 def test_a_group_over_the_device_budget_runs_as_smaller_programs_and_says_so(data_dir, store, experiment, tmp_path):
     """A budget with room for two members beside the data: the 4-point group trains as 2 programs of 2."""
     import jax
@@ -250,7 +285,8 @@ def test_a_group_over_the_device_budget_runs_as_smaller_programs_and_says_so(dat
     (["backend=tensorflow"], "Fix: add backend=jax"),
     (["backend=jax", "trainer.loop=fit"], "Fix: leave trainer.loop at auto"),
     (["backend=jax", "hardware.strategy=mirrored"], "Fix: hardware=gpu (one GPU) or hardware=auto"),
-    (["backend=jax", "hydra/sweeper=optuna"], "Fix: drop hydra/launcher=fused to run the trials as they are"),
+    (["backend=jax", "hydra/sweeper=optuna", "model.rate=interval(0.0,0.5)"],
+     "Fix: search model.rate over a few values (hydra.sweeper.params: choice(...))"),
     (["backend=jax", "hydra.launcher.vmap_members=0"], "Fix: a whole number >= 1, or null"),
 ])
 def test_the_fused_launcher_refuses_what_it_cannot_train_before_any_job(bad, fix, data_dir, store, experiment, tmp_path):
@@ -293,7 +329,8 @@ def _record(client, run) -> dict:
         "params": {k: v for k, v in run.data.params.items() if k not in ("trainer.loop", "tracking.experiment_name")},
         "tags": sorted(k for k in tags if not k.startswith("fused.")),
         "tag values": {k: v for k, v in tags.items() if not k.startswith(OWN_VALUES) and k != "overrides"},
-        "metrics": sorted(run.data.metrics),
+        # system metrics are sampled on a clock: a lone run of tiny data may end before its first sample
+        "metrics": sorted(k for k in run.data.metrics if not k.startswith("system/")),
         "artifacts": sorted(_artifacts(client, run.info.run_id)),
     }
 
@@ -316,7 +353,7 @@ def _artifacts(client, run_id, path=None) -> list[str]:
     return found
 
 
-@jax_only
+@jax_installed
 def test_each_fused_run_matches_its_point_run_alone_early_stopping_included(data_dir, store, tmp_path):
     """The same 4 points (Dropout on, early stopping with patience 1, up to 8 epochs) swept fused and swept with the
     basic launcher and trainer.loop=compiled: each point's recorded val_loss per epoch within 1e-3 and its test
@@ -352,7 +389,7 @@ def test_each_fused_run_matches_its_point_run_alone_early_stopping_included(data
     assert "early stopping after epoch" in fused.stdout + fused.stderr
 
 
-@jax_only
+@jax_installed
 def test_a_member_whose_loss_turns_nan_fails_alone(data_dir, store, experiment, tmp_path):
     """SGD at learning rate 1e30 overflows the weights: that member's run FAILED with the NaN named, the sweep exits
     non-zero and prints how to continue it (with its launcher); its group-mate, trained after it, FINISHED."""
@@ -376,7 +413,7 @@ def test_a_member_whose_loss_turns_nan_fails_alone(data_dir, store, experiment, 
     assert len(_history(MlflowClient(store), good)) == 3
 
 
-@jax_only
+@jax_installed
 def test_sigterm_ends_every_member_killed_and_the_rerun_resumes_each_into_its_own_run(data_dir, store, experiment,
                                                                                        tmp_path):
     import signal
@@ -446,3 +483,67 @@ def test_a_member_that_stopped_is_still_checkpointed_when_the_writer_was_behind(
     host.drain()
     assert written["early"] == (3, 3.0) and written["late"] == (4, 4.0)
 
+
+
+# An Optuna study trained fused: batches of n_jobs trials, each batch one program per shape (model.units), the
+# pruner told every member's epochs. Learning rate 1e-7 stalls, 1e-3 learns (tests/test_search.py's space).
+STUDY = ["hydra/sweeper=optuna", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=3", "hydra.sweeper.pruner=median",
+         "hydra.sweeper.n_startup_trials=2", "trainer.epochs=3",
+         "optimizer.learning_rate=choice(1e-7,1e-3)", "model.units=choice([16],[32])"]
+
+
+def _trials(client, experiment) -> dict:
+    from src.tracking import names
+
+    found = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return {int(r.data.tags[names.OPTUNA_TRIAL]): r for r in found if names.OPTUNA_TRIAL in r.data.tags}
+
+
+@jax_installed
+def test_a_fused_study_trains_each_batch_together_and_its_pruner_freezes_members(data_dir, store, tmp_path):
+    """6 trials, 3 at a time: each batch asked at once and trained as one program per shape; a member its pruner
+    stops is frozen there and its run ends as a pruned trial's does; the same study with the basic launcher
+    (trainer.loop=compiled) proposes the same trials and each trial's epochs agree with the fused member's."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+    from optuna.trial import TrialState
+
+    from conftest import run_cli
+    from src.sweeps import search
+
+    fused = run_cli([*_sweep(data_dir, store, "fused_study", tmp_path / "fused", "trainer.epochs=3"), *STUDY],
+                    timeout=600)
+    out = fused.stdout + fused.stderr
+    assert fused.returncode == 0, out[-3000:]
+    assert out.count("Fused sweep: 3 point(s)") == 2, out[-3000:]  # two batches of three, each trained together
+    lone = [c for c in _sweep(data_dir, store, "lone_study", tmp_path / "lone") if c != "hydra/launcher=fused"]
+    alone = run_cli([*lone, "trainer.loop=compiled", *STUDY], timeout=600)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+
+    study = optuna.load_study(study_name=search.STUDY_NAME, storage=search.storage(tmp_path / "fused"))
+    lone_study = optuna.load_study(study_name=search.STUDY_NAME, storage=search.storage(tmp_path / "lone"))
+    assert [t.params for t in study.trials] == [t.params for t in lone_study.trials]  # the same seed: the same asks
+    client = MlflowClient(store)
+    runs, lone_runs = _trials(client, "fused_study"), _trials(client, "lone_study")
+    done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(done) == 6 and sorted(runs) == [t.number for t in done]
+    pruned = [t for t in done if t.state == TrialState.PRUNED]
+    assert pruned and all(t.number >= 3 for t in pruned)  # the first batch had no finished trial to compare with
+    for t in done:
+        run = runs[t.number]
+        mine = _history(client, run)  # each epoch once
+        assert run.info.status == "FINISHED" and len(mine) == len(t.intermediate_values), t.number
+        if t.state == TrialState.PRUNED:  # frozen after the epoch its pruner stopped, the others went on
+            assert len(mine) < 3 and run.data.tags["pruned"] == "true"
+            assert run.data.tags["pruned_at_epoch"] == str(len(mine)) and "test_accuracy" in run.data.metrics
+        else:
+            assert len(mine) == 3 and "pruned" not in run.data.tags
+        theirs = _history(client, lone_runs[t.number])
+        n = min(len(mine), len(theirs))
+        assert mine[:n] == pytest.approx(theirs[:n], abs=1e-3), t.number
+        assert run.data.tags["optuna.param.model.units"] == lone_runs[t.number].data.tags["optuna.param.model.units"]
+    parent = [r for r in client.search_runs([client.get_experiment_by_name("fused_study").experiment_id])
+              if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parent) == 1, [r.info.run_name for r in parent]
+    assert parent[0].data.tags.get("optuna.best_trial") == str(study.best_trial.number), (
+        parent[0].data.tags, [(t.number, t.state.name, t.value) for t in study.trials], out[-2000:])

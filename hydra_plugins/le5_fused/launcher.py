@@ -26,3 +26,10 @@ class FusedLauncher(Launcher):
         from src.fused.launch import Launch
 
         return Launch(self.config, self.hydra_context, self.task_function).run(job_overrides, initial_job_idx)
+
+    def launch_numbered(self, job_overrides: Sequence[Sequence[str]], job_nums: Sequence[int]):
+        """The jobs trained together, numbered `job_nums` (an Optuna batch: its trials' numbers, which a repeat the
+        sweeper declined leaves with gaps)."""
+        from src.fused.launch import Launch
+
+        return Launch(self.config, self.hydra_context, self.task_function).run(job_overrides, 0, list(job_nums))

@@ -32,6 +32,7 @@ class OptunaSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config
         )
         self.in_process = isinstance(self.launcher, BasicLauncher)  # runs jobs in this process, one at a time
+        self.together = hasattr(self.launcher, "launch_numbered")  # hydra/launcher=fused: a batch in one program
 
     def _launch(self, overrides: List[str], job_num: int):
         """One trial's job, numbered as its trial; blocks until it ends."""
@@ -40,11 +41,18 @@ class OptunaSweeper(Sweeper):
         [result] = self.launcher.launch([overrides], initial_job_idx=job_num)
         return result
 
+    def _launch_together(self, batch: List[tuple]):
+        """The batch's trials' jobs trained together, numbered as their trials; blocks until they end. (The
+        launcher composes each job once; validate_batch_is_legal would compose them all again first: 0.3 s a trial.)"""
+        overrides = [list(o) for o, _ in batch]
+        return self.launcher.launch_numbered(overrides, [num for _, num in batch])
+
     def sweep(self, arguments: List[str]) -> Any:
         from src.sweeps import search
 
         try:
-            study = search.Search(self.config, self._launch, self.in_process, arguments)
+            study = search.Search(self.config, self._launch, self.in_process, arguments,
+                                  launch_together=self._launch_together if self.together else None)
         except search.SearchError as err:  # src.search.SweepCheck refuses it earlier, when configured
             print(f"Error: {err}", file=sys.stderr)
             sys.exit(2)

@@ -45,6 +45,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from .. import overrides as ov
 from ..config import Backend, ConfigError, Loop, Strategy
+from ..sweeps import search
 from ..tracking import names, status
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,26 @@ def check(cfg) -> None:
         )
 
 
+def check_study(config) -> None:
+    """Refuse an Optuna search space that a fused study cannot train together: a continuous range of a setting fixed
+    when the program is compiled (or that shapes it) would make every trial a group of its own, compiled alone."""
+    try:
+        space = search.check(config)
+    except search.SearchError:
+        return  # src.sweeps.search.SweepCheck refuses it, with its fix
+    continuous = sorted(key for key, distribution in space.distributions.items()
+                        if not ov.under(key, VARIES) and type(distribution).__name__ == "FloatDistribution")
+    if continuous:
+        raise ConfigError(
+            f"hydra/launcher=fused trains a study's trials together in groups of equal {', '.join(continuous)}, but "
+            f"the search space samples {'it' if len(continuous) == 1 else 'them'} from a continuous range: every trial "
+            "would be a group of its own, compiled alone.\n"
+            f"Fix: search {continuous[0]} over a few values (hydra.sweeper.params: choice(...)), or drop "
+            "hydra/launcher=fused for this study. What each member carries may stay continuous: "
+            "optimizer.learning_rate, seed."
+        )
+
+
 def _refuse(err: Exception) -> None:
     print(f"Error: {err}", file=sys.stderr)
     sys.exit(2)
@@ -109,12 +130,14 @@ class LaunchCheck(Callback):
             return
         try:
             sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_"))
-            if sweeper != SWEEPER_TARGET:
+            if sweeper == search.SWEEPER_TARGET:
+                check_study(config)
+            elif sweeper != SWEEPER_TARGET:
                 raise ConfigError(
-                    f"hydra/launcher=fused trains a grid sweep's points together; it does not run under the sweeper "
-                    f"{sweeper} (an Optuna trial reports each epoch to its study, which a fused group does not).\n"
-                    "Fix: drop hydra/launcher=fused to run the trials as they are, or sweep a grid "
-                    "(leave hydra/sweeper at its default)."
+                    f"hydra/launcher=fused trains a grid's points or an Optuna study's trials together; it does not "
+                    f"run under the sweeper {sweeper}.\n"
+                    "Fix: drop hydra/launcher=fused to run the jobs one by one, or sweep a grid (leave hydra/sweeper "
+                    "at its default) or hydra/sweeper=optuna."
                 )
             at_once = OmegaConf.select(config, "hydra.launcher.vmap_members")
             if at_once is not None and (isinstance(at_once, bool) or not isinstance(at_once, int) or at_once < 1):
@@ -226,6 +249,7 @@ class Member:
     outbox: object = None
     backup: object = None
     stopper: object = None  # Keras EarlyStopping, or None
+    trial: object = None  # an Optuna sweep's trial (src/sweeps/search.py JobTrial): told each epoch, may prune
     handle: object = None  # what the stopper sees as its model
     heartbeat: object = None
     model: object = None  # its built Keras model, until its values are taken (the first member's stays: the template)
@@ -340,14 +364,16 @@ class Launch:
         self.experiments: dict[tuple[str, str], str] = {}  # (tracking URI, experiment name) -> experiment id
         self.unfinished: dict[str, dict[str, str]] = {}  # parent run id -> its children that did not finish, by point
 
-    def run(self, job_overrides, initial_job_idx: int) -> list:
+    def run(self, job_overrides, initial_job_idx: int, nums: list[int] | None = None) -> list:
+        """The JobReturns of the points, in order; job numbers `nums`, else consecutive from `initial_job_idx`."""
         from hydra.core.utils import configure_log, filter_overrides, setup_globals
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        members = [self._compose(list(o), initial_job_idx + i) for i, o in enumerate(job_overrides)]
+        nums = nums if nums is not None else [initial_job_idx + i for i in range(len(job_overrides))]
+        members = [self._compose(list(o), num) for o, num in zip(job_overrides, nums)]
         for m in members:
             log.info("\t#%d : %s", m.num, " ".join(filter_overrides(list(m.config.hydra.overrides.task))))
         try:
@@ -536,6 +562,9 @@ class Launch:
         parent_run_id, tags, m.backup = record.identify(cfg, job, chosen.value, ds.sha256, m.workdir, device_text,
                                                        Loop.compiled.value, unfinished=self._unfinished)
         tags.update({names.FUSED_GROUP: f"{job.sweep_dir.name}/{g}", names.FUSED_MEMBERS: str(size)})
+        m.trial = search.JobTrial.of_job(job.sweep_dir, job.num)  # as a lone trial's job: reports each epoch
+        if m.trial is not None:
+            tags.update(m.trial.tags())
         m.outbox = outbox.Outbox(m.workdir / outbox.FILENAME, client)
         run = runs.open_member(client, experiment_id, job.name or cfg.model.name, tags, parent_run_id,
                                resume_run_id=m.backup.run_id)
@@ -563,7 +592,6 @@ class Launch:
     def _train(self, chunk: list[Member], program, device, g: int, at_once: int):
         """Train the chunk's members together with `program` (`at_once` of them vmapped at a time); returns (final
         stacked state, test logs per member)."""
-        import jax
         import numpy as np
         from mlflow.entities import Metric
 
@@ -596,8 +624,8 @@ class Launch:
                 epochs = [m.initial_epoch + step for m in chunk]
                 active = [m.active for m in chunk]
                 started = time.perf_counter()
-                state, train_logs, val_logs = program.epoch(state, keys, epochs, active, at_once)
-                train_logs, val_logs = jax.device_get((train_logs, val_logs))  # the one transfer of the epoch
+                # the one transfer of the epoch: the logs
+                state, train_logs, val_logs = program.live_epoch(state, keys, epochs, active, at_once)
                 seconds = time.perf_counter() - started
                 finished, metrics = self._epoch_end(chunk, epochs, active, train_logs, val_logs, seconds, total,
                                                     numeric_logs, Metric)
@@ -656,7 +684,11 @@ class Launch:
             finished.append((i, m, len(m.epochs)))
             if m.stopper is not None:
                 m.stopper.on_epoch_end(epoch, logs)
-            if m.handle.stop_training or epoch + 1 >= total:
+            # after early stopping, as a lone trial's ReportToTrial is its last callback: the pruner freezes it
+            monitored = values.get(str(m.cfg.trainer.monitor))
+            pruned = (m.trial is not None and monitored is not None
+                      and m.trial.report(epoch + 1, monitored, may_prune=epoch + 1 < total))
+            if m.handle.stop_training or pruned or epoch + 1 >= total:
                 m.active = False
                 if m.stopper is not None:
                     m.stopper.on_train_end()  # restores the best epoch's weights, as in a lone run
@@ -699,6 +731,9 @@ class Launch:
                 m.ended = True
                 if m.diverged:
                     record.raise_on_nan(m.this_start, cfg)
+                if m.trial is not None and m.trial.pruned_at is not None:  # stopped, not failed: FINISHED, as alone
+                    m.outbox.set_tag(m.run_id, names.PRUNED, "true")
+                    m.outbox.set_tag(m.run_id, names.PRUNED_AT_EPOCH, str(m.trial.pruned_at))
                 program.assign(state)
                 objective = record.finish(cfg, m.run_id, m.outbox, _history(m), test, program.model, ds, m.workdir,
                                           plot=lambda path: drawn.take(m.num, path))

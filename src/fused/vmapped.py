@@ -20,8 +20,10 @@ One call trains every member one epoch and validates it (src/training/compiled.p
 What can differ from a lone run is the floating-point reduction order of the batched matrix products, so
 results agree to ~1e-6 relative, not bit for bit (tests/test_fused.py).
 
-`active` freezes members: a member whose run has stopped (early stopping, NaN, its last epoch) keeps its
-state (`jnp.where`) while the others go on, so its results are those of its last trained epoch.
+`active` freezes members: a member whose run has stopped (early stopping, NaN, its last epoch, its pruner) keeps its
+state (`jnp.where`) while the others go on, so its results are those of its last trained epoch. `live_epoch`
+leaves frozen members out of the computation once the live ones fit in fewer vmapped chunks (a pruned study's
+group shrinks epoch by epoch).
 
 `compile_ahead` compiles a program on a background thread from the template's shapes (XLA compiles without the
 GIL), so that the compilation overlaps what the host does meanwhile: setting up the members' runs.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
 import threading
 
 import jax
@@ -67,6 +70,8 @@ class Program:
         self._epoch = jax.jit(self._train_and_validate, static_argnames=("width", "at_once"))
         self._evaluate = jax.jit(self._evaluate_all, static_argnames=("width",))
         self.select = jax.jit(_select)
+        self._take = jax.jit(lambda state, idx: jax.tree_util.tree_map(lambda a: a[idx], state))
+        self._put = jax.jit(lambda state, idx, sub: jax.tree_util.tree_map(lambda a, b: a.at[idx].set(b), state, sub))
         self._ahead: dict[tuple, concurrent.futures.Future] = {}  # what compile_ahead started
 
     # The data, on the device once ------------------------------------------------------------------
@@ -240,6 +245,34 @@ class Program:
         if ahead is not None:
             return ahead(*args)
         return self._epoch(*args, width=self.rows("train").width, at_once=at_once)  # one dataset's splits: one width
+
+    def live_epoch(self, state, keys, epochs, active, at_once: int | None = None):
+        """`epoch`, computing only the active members (a frozen member costs as much as a training one inside the
+        program): when they fit in fewer vmapped chunks of `at_once`, they are gathered into a smaller program
+        (padded with frozen members to whole chunks, or exactly the live ones when fewer than a chunk: one
+        compilation per size), trained, and put back. Returns (new state, train logs, validation logs), the logs host arrays over every member (a frozen
+        member's entries are not its own)."""
+        n = len(active)
+        live = [i for i, a in enumerate(active) if a]
+        width = at_once or n
+        # fewer than one chunk: exactly the live ones; else whole chunks
+        size = max(1, len(live)) if len(live) < width else min(n, math.ceil(len(live) / width) * width)
+        if size == n:
+            state, train, val = self.epoch(state, keys, epochs, active, at_once)
+            return (state, *jax.device_get((train, val)))
+        idx = np.asarray(live + [i for i in range(n) if not active[i]][: size - len(live)])
+        sub, train, val = self.epoch(self._take(state, idx), keys[idx], [epochs[i] for i in idx],
+                                     [i < len(live) for i in range(size)], min(width, size))
+        state = self._put(state, idx, sub)
+
+        def spread(logs):
+            full = {k: np.zeros((n,), np.asarray(v).dtype) for k, v in logs.items()}
+            for k, v in logs.items():
+                full[k][idx] = v
+            return full
+
+        train, val = jax.device_get((train, val))
+        return state, spread(train), spread(val)
 
     def evaluate(self, state, name: str = "test") -> dict:
         """Every member's metrics on the split `name` (like keras.Model.evaluate(return_dict=True))."""

@@ -309,10 +309,13 @@ def storage(sweep_dir: Path):
 class Search:
     """The trial loop of one sweep folder: ask, launch one job, tell; up to n_jobs trials in flight."""
 
-    def __init__(self, config: DictConfig, launch, in_process: bool, arguments: list[str] | None = None):
+    def __init__(self, config: DictConfig, launch, in_process: bool, arguments: list[str] | None = None,
+                 launch_together=None):
         """`launch(overrides, job_num)` runs one Hydra job and returns its JobReturn; `in_process`: the launcher
         runs jobs in this process (Hydra's basic launcher), so they cannot run concurrently; `arguments`: the
-        command line's overrides (default: the config's)."""
+        command line's overrides (default: the config's). `launch_together([(overrides, job_num), ...])`, where the
+        launcher trains jobs together (hydra/launcher=fused): n_jobs trials are asked at once and trained as one
+        batch, which returns their JobReturns in order; each job reports its epochs to its trial, as alone."""
         import optuna
 
         s = config.hydra.sweeper
@@ -322,7 +325,8 @@ class Search:
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         self.n_trials = s.n_trials
         self.n_jobs = s.n_jobs
-        if in_process and self.n_jobs > 1:
+        self.launch_together = launch_together
+        if in_process and self.n_jobs > 1 and launch_together is None:
             log.warning("hydra.sweeper.n_jobs=%d: the basic launcher runs jobs in this process, one at a time; "
                         "use hydra/launcher=slurm for trials in parallel", self.n_jobs)
             self.n_jobs = 1
@@ -378,6 +382,8 @@ class Search:
         log.info("Optuna study %s: %d of %d trials finished, launching %d (%d at a time), direction %s %s",
                  self.sweep_dir / JOURNAL_FILE, finished, self.n_trials, to_launch, self.n_jobs,
                  self.study.direction.name.lower(), self.monitor)
+        if self.launch_together is not None:
+            return self._run_together(to_launch)
         if self.n_jobs == 1:  # in this (the main) thread: Ctrl-C and SIGTERM reach an in-process job's run
             return [r for r in (self._tell(*self._start()) for _ in range(to_launch)) if r is not None]
         returns: list = []
@@ -392,6 +398,29 @@ class Search:
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
                     returns.append(self._tell(running.pop(future), future))
+        return [r for r in returns if r is not None]
+
+    def _run_together(self, to_launch: int) -> list:
+        """Batches of up to n_jobs trials, each asked before the batch starts and trained together, in this (the
+        main) thread. The pruner sees the trials told before the batch and, epoch by epoch, its members' reports."""
+        returns: list = []
+        while to_launch > 0:
+            with self._lock:
+                trials = [self._ask() for _ in range(min(self.n_jobs, to_launch))]
+            batch = []
+            for trial in trials:
+                overrides = self.space.overrides(trial.params)
+                log.info("Trial %d: %s", trial.number, " ".join(overrides[len(self.space.fixed):]))
+                batch.append((overrides, trial.number))
+            futures = [Future() for _ in trials]
+            try:
+                for future, result in zip(futures, self.launch_together(batch)):
+                    future.set_result(result)
+            except Exception as err:  # KeyboardInterrupt and SystemExit stop the sweep
+                for future in futures:
+                    future.set_exception(err)
+            returns += [self._tell(trial, future) for trial, future in zip(trials, futures)]
+            to_launch -= len(trials)
         return [r for r in returns if r is not None]
 
     def _start(self, pool: ThreadPoolExecutor | None = None):
