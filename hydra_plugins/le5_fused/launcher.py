@@ -23,13 +23,11 @@ class FusedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
-        from src.fused.launch import Launch
-
-        return Launch(self.config, self.hydra_context, self.task_function).run(job_overrides, initial_job_idx)
+        return self.launch_numbered(job_overrides, range(initial_job_idx, initial_job_idx + len(job_overrides)))
 
     def launch_numbered(self, job_overrides: Sequence[Sequence[str]], job_nums: Sequence[int]):
         """The jobs trained together, numbered `job_nums` (an Optuna batch: its trials' numbers, which a repeat the
         sweeper declined leaves with gaps)."""
         from src.fused.launch import Launch
 
-        return Launch(self.config, self.hydra_context, self.task_function).run(job_overrides, 0, list(job_nums))
+        return Launch(self.config, self.hydra_context, self.task_function).run(job_overrides, list(job_nums))

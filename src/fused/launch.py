@@ -364,15 +364,14 @@ class Launch:
         self.experiments: dict[tuple[str, str], str] = {}  # (tracking URI, experiment name) -> experiment id
         self.unfinished: dict[str, dict[str, str]] = {}  # parent run id -> its children that did not finish, by point
 
-    def run(self, job_overrides, initial_job_idx: int, nums: list[int] | None = None) -> list:
-        """The JobReturns of the points, in order; job numbers `nums`, else consecutive from `initial_job_idx`."""
+    def run(self, job_overrides, nums: list[int]) -> list:
+        """The JobReturns of the points, in order; `nums`: their job numbers."""
         from hydra.core.utils import configure_log, filter_overrides, setup_globals
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        nums = nums if nums is not None else [initial_job_idx + i for i in range(len(job_overrides))]
         members = [self._compose(list(o), num) for o, num in zip(job_overrides, nums)]
         for m in members:
             log.info("\t#%d : %s", m.num, " ".join(filter_overrides(list(m.config.hydra.overrides.task))))

@@ -250,8 +250,8 @@ class Program:
         """`epoch`, computing only the active members (a frozen member costs as much as a training one inside the
         program): when they fit in fewer vmapped chunks of `at_once`, they are gathered into a smaller program
         (padded with frozen members to whole chunks, or exactly the live ones when fewer than a chunk: one
-        compilation per size), trained, and put back. Returns (new state, train logs, validation logs), the logs host arrays over every member (a frozen
-        member's entries are not its own)."""
+        compilation per size), trained, and put back. Returns (new state, train logs, validation logs), the logs
+        host arrays over every member (a frozen member's entries are not its own)."""
         n = len(active)
         live = [i for i, a in enumerate(active) if a]
         width = at_once or n

@@ -407,11 +407,7 @@ class Search:
         while to_launch > 0:
             with self._lock:
                 trials = [self._ask() for _ in range(min(self.n_jobs, to_launch))]
-            batch = []
-            for trial in trials:
-                overrides = self.space.overrides(trial.params)
-                log.info("Trial %d: %s", trial.number, " ".join(overrides[len(self.space.fixed):]))
-                batch.append((overrides, trial.number))
+            batch = [(self._overrides(trial), trial.number) for trial in trials]
             futures = [Future() for _ in trials]
             try:
                 for future, result in zip(futures, self.launch_together(batch)):
@@ -427,8 +423,7 @@ class Search:
         """Ask for a trial and launch its job: in `pool`, or here, waiting for it. Returns the trial and a Future."""
         with self._lock:
             trial = self._ask()
-        overrides = self.space.overrides(trial.params)
-        log.info("Trial %d: %s", trial.number, " ".join(overrides[len(self.space.fixed):]))
+        overrides = self._overrides(trial)
         if pool is not None:
             return trial, pool.submit(self.launch, overrides, trial.number)
         future = Future()
@@ -437,6 +432,12 @@ class Search:
         except Exception as err:  # KeyboardInterrupt and SystemExit stop the sweep
             future.set_exception(err)
         return trial, future
+
+    def _overrides(self, trial) -> list[str]:
+        """The trial's job overrides, its sampled ones logged."""
+        overrides = self.space.overrides(trial.params)
+        log.info("Trial %d: %s", trial.number, " ".join(overrides[len(self.space.fixed):]))
+        return overrides
 
     def _ask(self):
         """The next trial. In a space of finite choices no point is trained twice while untried ones remain: a
