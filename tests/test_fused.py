@@ -144,6 +144,44 @@ def test_a_shrunk_group_trains_only_its_live_members_with_the_same_results(data_
                 assert float(logs[key][i]) == pytest.approx(float(want[key][i]), rel=1e-5, abs=1e-6), (i, key)
 
 
+@jax_only
+def test_a_refilled_slot_trains_its_new_member_from_its_own_epoch_0_as_alone(data_dir):
+    """After two epochs a member's slot is given to a new member (Program.put: an Optuna study's freed slot): the
+    new member trains its epochs 0 and 1 beside a member at its epochs 2 and 3, in the same program, and each one's
+    logs equal its lone compiled run's; the test metrics of chosen members equal theirs in the whole group's."""
+    import jax
+
+    from src.fused import vmapped
+    from src.training import compiled
+
+    ds, build = _builder(data_dir)
+    stay, leave, come = POINTS[0], POINTS[1], POINTS[2]
+    lone = {p: compiled.Epochs(build(*p), ds, 64, p[0], budget_bytes=10**9).fit(epochs, verbose=0)
+            for p, epochs in ((stay, 4), (leave, 2), (come, 2))}
+    models = {p: build(*p) for p in (stay, leave, come)}
+    program = vmapped.Program(models[stay], ds, 64)
+    for m in models.values():
+        program.build(m, program.rows("val"))
+    state = program.stack([program.state_of(models[p]) for p in (stay, leave)])
+    seen = {stay: [], leave: [], come: []}
+    slots, epochs = [stay, leave], [0, 0]
+    for step in range(4):
+        if step == 2:  # `leave` ended after its 2 epochs: `come` takes its slot, from its epoch 0
+            state = program.put(state, 1, program.state_of(models[come]))
+            slots[1], epochs[1] = come, 0
+        state, train, val = program.epoch(state, program.keys([p[0] for p in slots]), epochs, [True, True])
+        train, val = jax.device_get((train, val))
+        for i, p in enumerate(slots):
+            seen[p] += [float(train["loss"][i]), float(val["loss"][i])]
+        epochs = [e + 1 for e in epochs]
+    for p, history in lone.items():
+        want = [value for pair in zip(history["loss"], history["val_loss"]) for value in pair]
+        assert seen[p] == pytest.approx(want, rel=1e-5, abs=1e-6), p
+    whole = program.evaluate(state, "test", keep=True)
+    one = program.evaluate(state, "test", members=[1])
+    assert float(one["loss"][0]) == pytest.approx(float(whole["loss"][1]), rel=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The launcher, as users run it (subprocesses on backend=jax; run once, in the JAX pass)
 
@@ -485,8 +523,8 @@ def test_a_member_that_stopped_is_still_checkpointed_when_the_writer_was_behind(
 
 
 
-# An Optuna study trained fused: batches of n_jobs trials, each batch one program per shape (model.units), the
-# pruner told every member's epochs. Learning rate 1e-7 stalls, 1e-3 learns (tests/test_search.py's space).
+# An Optuna study trained fused: n_jobs trials at a time, one program per shape (model.units), the pruner told
+# every member's epochs, an ended member's slot refilled. Learning rate 1e-7 stalls, 1e-3 learns (tests/test_search.py's space).
 STUDY = ["hydra/sweeper=optuna", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=3", "hydra.sweeper.pruner=median",
          "hydra.sweeper.n_startup_trials=2", "trainer.epochs=3",
          "optimizer.learning_rate=choice(1e-7,1e-3)", "model.units=choice([16],[32])"]
@@ -501,21 +539,25 @@ def _trials(client, experiment) -> dict:
 
 @jax_installed
 def test_a_fused_study_trains_each_batch_together_and_its_pruner_freezes_members(data_dir, store, tmp_path):
-    """6 trials, 3 at a time: each batch asked at once and trained as one program per shape; a member its pruner
-    stops is frozen there and its run ends as a pruned trial's does; the same study with the basic launcher
-    (trainer.loop=compiled) proposes the same trials and each trial's epochs agree with the fused member's."""
+    """6 trials, 3 at a time: asked at once and trained as one program per shape; a member its pruner stops is
+    frozen there and its run ends as a pruned trial's does; each ended member's slot is taken by a newly asked
+    trial of its shape (in the program of the trials it joins: their group tag); the same study with the basic
+    launcher (trainer.loop=compiled) proposes the same trials and each trial's epochs agree with the fused
+    member's."""
     import optuna
     from mlflow.tracking import MlflowClient
     from optuna.trial import TrialState
 
     from conftest import run_cli
     from src.sweeps import search
+    from src.tracking import names
 
     fused = run_cli([*_sweep(data_dir, store, "fused_study", tmp_path / "fused", "trainer.epochs=3"), *STUDY],
                     timeout=600)
     out = fused.stdout + fused.stderr
     assert fused.returncode == 0, out[-3000:]
-    assert out.count("Fused sweep: 3 point(s)") == 2, out[-3000:]  # two batches of three, each trained together
+    assert out.count("Fused sweep: 3 point(s)") == 1, out[-3000:]  # three trials asked at once, trained together
+    assert "takes job #" in out, out[-3000:]  # trials asked later took the slots of ended ones
     lone = [c for c in _sweep(data_dir, store, "lone_study", tmp_path / "lone") if c != "hydra/launcher=fused"]
     alone = run_cli([*lone, "trainer.loop=compiled", *STUDY], timeout=600)
     assert alone.returncode == 0, alone.stderr[-3000:]
@@ -528,7 +570,8 @@ def test_a_fused_study_trains_each_batch_together_and_its_pruner_freezes_members
     done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(done) == 6 and sorted(runs) == [t.number for t in done]
     pruned = [t for t in done if t.state == TrialState.PRUNED]
-    assert pruned and all(t.number >= 3 for t in pruned)  # the first batch had no finished trial to compare with
+    first = [n for n in (0, 1, 2) if runs[n].data.tags[names.FUSED_GROUP] == runs[0].data.tags[names.FUSED_GROUP]]
+    assert pruned and not {t.number for t in pruned} & set(first)  # the first program had no ended trial to compare
     for t in done:
         run = runs[t.number]
         mine = _history(client, run)  # each epoch once
@@ -542,6 +585,10 @@ def test_a_fused_study_trains_each_batch_together_and_its_pruner_freezes_members
         n = min(len(mine), len(theirs))
         assert mine[:n] == pytest.approx(theirs[:n], abs=1e-3), t.number
         assert run.data.tags["optuna.param.model.units"] == lone_runs[t.number].data.tags["optuna.param.model.units"]
+    groups = {}
+    for t in done:
+        groups.setdefault(runs[t.number].data.tags[names.FUSED_GROUP], []).append(t.number)
+    assert any(max(g) >= 3 and min(g) < 3 for g in groups.values()), groups  # a later trial in an earlier program
     parent = [r for r in client.search_runs([client.get_experiment_by_name("fused_study").experiment_id])
               if "mlflow.parentRunId" not in r.data.tags]
     assert len(parent) == 1, [r.info.run_name for r in parent]

@@ -25,9 +25,9 @@ class FusedLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
         return self.launch_numbered(job_overrides, range(initial_job_idx, initial_job_idx + len(job_overrides)))
 
-    def launch_numbered(self, job_overrides: Sequence[Sequence[str]], job_nums: Sequence[int]):
+    def launch_numbered(self, job_overrides: Sequence[Sequence[str]], job_nums: Sequence[int], refill=None):
         """The jobs trained together, numbered `job_nums` (an Optuna batch: its trials' numbers, which a repeat the
-        sweeper declined leaves with gaps)."""
+        sweeper declined leaves with gaps); `refill` (an Optuna study's src.sweeps.search.Refill) fills freed slots."""
         from src.fused.launch import Launch
 
-        return Launch(self.config, self.hydra_context, self.task_function).run(job_overrides, list(job_nums))
+        return Launch(self.config, self.hydra_context, self.task_function).run(job_overrides, list(job_nums), refill)

@@ -41,11 +41,12 @@ class OptunaSweeper(Sweeper):
         [result] = self.launcher.launch([overrides], initial_job_idx=job_num)
         return result
 
-    def _launch_together(self, batch: List[tuple]):
-        """The batch's trials' jobs trained together, numbered as their trials; blocks until they end. (The
-        launcher composes each job once; validate_batch_is_legal would compose them all again first: 0.3 s a trial.)"""
+    def _launch_together(self, batch: List[tuple], refill):
+        """The batch's trials' jobs trained together, numbered as their trials, freed slots refilled by `refill`
+        (src/sweeps/search.py Refill); blocks until they end. (The launcher composes each job once;
+        validate_batch_is_legal would compose them all again first: 0.3 s a trial.)"""
         overrides = [list(o) for o, _ in batch]
-        return self.launcher.launch_numbered(overrides, [num for _, num in batch])
+        return self.launcher.launch_numbered(overrides, [num for _, num in batch], refill=refill)
 
     def sweep(self, arguments: List[str]) -> Any:
         from src.sweeps import search

@@ -23,6 +23,10 @@ The launcher (hydra_plugins/le5_fused) composes every point of the sweep, then:
    test metrics, objective, predictions, history plot (drawn by worker processes meanwhile: `plots.Workers`), config,
    logged model, run FINISHED (or FAILED).
 
+Under hydra/sweeper=optuna (a `refill` from src/sweeps/search.py), a member that stops is ended at that epoch's end
+and its trial told; a newly asked trial of the group's shape takes its slot and trains from its own epoch 0 (one
+of another shape waits for a group of its shape), until the study has asked its trials (docs/optuna.md).
+
 Ctrl-C / SIGTERM ends every open member's run KILLED after its last finished epoch is checkpointed and logged;
 rerunning the sweep's command (same hydra.sweep.dir) skips FINISHED points and resumes the others, each into
 its own run (src/sweeps/manifest.py gives each such point its `trainer.backup_dir`).
@@ -255,11 +259,13 @@ class Member:
     model: object = None  # its built Keras model, until its values are taken (the first member's stays: the template)
     state: tuple | None = None  # its initial (trainable, non-trainable, optimizer) values, host arrays
     initial_epoch: int = 0
+    next_epoch: int = 0  # the epoch it trains next: its own count (a refilled slot's member starts at its 0)
     epochs: list = field(default_factory=list)  # every finished epoch's logs (with those before a resume)
     this_start: dict = field(default_factory=dict)  # this start's history, for the NaN check
     active: bool = True
     diverged: bool = False
     ended: bool = False
+    returned: bool = False  # its JobReturn handed on (Launch._ended)
     error: BaseException | None = None
 
     @property
@@ -363,9 +369,15 @@ class Launch:
         self.vmap_setting = OmegaConf.select(config, "hydra.launcher.vmap_members")
         self.experiments: dict[tuple[str, str], str] = {}  # (tracking URI, experiment name) -> experiment id
         self.unfinished: dict[str, dict[str, str]] = {}  # parent run id -> its children that did not finish, by point
+        self.refill = None  # an Optuna study's src.sweeps.search.Refill: new trials for freed slots
+        self.held: list[Member] = []  # trials asked for a slot of another shape: trained with a group of theirs
+        self.returns: dict[int, object] = {}  # job number -> JobReturn, as each member ends
 
-    def run(self, job_overrides, nums: list[int]) -> list:
-        """The JobReturns of the points, in order; `nums`: their job numbers."""
+    def run(self, job_overrides, nums: list[int], refill=None) -> list:
+        """The JobReturns of the points, in order; `nums`: their job numbers. With `refill` (an Optuna study), every
+        member that ends is handed to `refill.done` at once and its slot taken by a trial `refill.ask` gives, until
+        it gives none; those trials' JobReturns go to `refill.done` only."""
+        self.refill = refill
         from hydra.core.utils import configure_log, filter_overrides, setup_globals
 
         setup_globals()
@@ -382,11 +394,47 @@ class Launch:
             _refuse(err)
         groups, lines = plan([m.cfg for m in members])
         log.info("\n".join(lines))
-        returns: dict[int, object] = {}
-        for g, indices in enumerate(groups, 1):
-            for member, ret in self._group([members[i] for i in indices], g):
-                returns[member.num] = ret
-        return [returns[m.num] for m in members]
+        queue, g = [[members[i] for i in indices] for indices in groups], 0
+        while queue:
+            group = queue.pop(0)
+            key = group_key(group[0].cfg)
+            group += [m for m in self.held if group_key(m.cfg) == key]  # trials asked meanwhile, of its shape
+            self.held = [m for m in self.held if m not in group]
+            g += 1
+            self._group(group, g)
+            if not queue and self.held:  # the trials of shapes no group had: groups of their own
+                groups, lines = plan([m.cfg for m in self.held])
+                log.info("Trials asked to refill a slot of another shape: " + "\n".join(lines))
+                queue, self.held = [[self.held[i] for i in indices] for indices in groups], []
+        return [self.returns[m.num] for m in members]
+
+    def _ended(self, m: Member, ret) -> None:
+        m.returned = True
+        self.returns[m.num] = ret
+        if self.refill is not None:
+            self.refill.done(m.num, ret)
+
+    def _next_member(self, key: str) -> Member | None:
+        """A new member for a freed slot of the group `key`: a held trial of its shape, else a newly asked trial
+        (held for a later group when its shape differs); None when there is none now."""
+        for m in self.held:
+            if group_key(m.cfg) == key:
+                self.held.remove(m)
+                return m
+        asked = self.refill.ask() if self.refill is not None else None
+        if asked is None:
+            return None
+        m = self._compose(*asked)
+        try:
+            check(m.cfg)
+        except ConfigError as err:
+            self._ended(m, self._failed_return(m, err))
+            return None
+        if group_key(m.cfg) == key:
+            return m
+        self.held.append(m)
+        log.info("Job #%d: of another shape than this group's; trained with a group of its own", m.num)
+        return None
 
     def resume_command(self) -> str:
         """The sweep's command again (hydra/launcher=fused included), in its folder."""
@@ -417,7 +465,7 @@ class Launch:
     # -- one group ------------------------------------------------------------------------------------------
 
     def _group(self, members: list[Member], g: int):
-        """Set up, train and end the members of group `g`; yields (member, JobReturn) as each ends."""
+        """Set up, train and end the members of group `g`, each handed to _ended as it ends."""
         from ..training import backend
 
         first = members[0].cfg
@@ -445,7 +493,7 @@ class Launch:
                         "streaming the data", g, data_bytes / 1e6, budget / 1e6, first.hardware.device_data_budget,
                         free / 1e6, len(members))
             for m in members:
-                yield m, self._alone(m)
+                self._ended(m, self._alone(m))
             return
 
         from ..report import plots
@@ -454,15 +502,21 @@ class Launch:
 
         sample = compiled.rows(ds.val)  # a batch of the dataset's device form, to build each member's variables
         ready, program = [], None
-        for n, m in enumerate(members):
+
+        def set_up(m: Member, size: int) -> bool:
             try:
-                self._setup(m, ds, chosen, device_text, scope, len(members), g)
+                self._setup(m, ds, chosen, device_text, scope, size, g)
                 vmapped.Program.build(m.model, sample)
                 m.state = vmapped.Program.state_of(m.model)
+                return True
             except Exception as err:  # this point's run fails; the others go on
                 m.error = err
                 self._end(m, err)
-                yield m, self._failed_return(m, err)
+                self._ended(m, self._failed_return(m, err))
+                return False
+
+        for n, m in enumerate(members):
+            if not set_up(m, len(members)):
                 continue
             if program is None:  # the first member's model serves the group as template
                 program = vmapped.Program(m.model, ds, first.trainer.batch_size, device)
@@ -480,17 +534,34 @@ class Launch:
                      "/".join(str(len(c)) for c in chunks), len(ready), member_bytes / 1e6, MEMBER_COPIES,
                      data_bytes / 1e6, budget / 1e6)
         drawn = None
+        key = group_key(first)
+
+        def refill(size: int) -> Member | None:  # a new member's run and state for a freed slot, or None
+            while (m := self._next_member(key)) is not None:
+                if set_up(m, size):
+                    m.model = None  # its values are in m.state
+                    ready.append(m)  # ended with the others on Ctrl-C
+                    return m
+            return None
+
+        def end(m: Member, state, test: dict) -> None:  # a member trained: its run's end, as Hydra's job
+            if m.epochs and not m.diverged:
+                drawn.submit(m.num, _history(m), plot_title(m.cfg))
+            self._ended(m, self._finish(m, program, state, test, ds, drawn))
+
         try:
             drawn = plots.Workers(plots.Workers.count(len(ready)))  # started now: ready when the first chunk ends
             for chunk in chunks:
                 at_once = vmap_members(self.vmap_setting, len(chunk), member_bytes, device.platform == "cpu")
-                state, test = self._train(chunk, program, device, g, at_once)
-                for m in chunk:  # every plot on its way before the first run ends
+                state, test = self._train(chunk, program, device, g, at_once,
+                                          (refill, end) if self.refill is not None else None)
+                left = [(i, m) for i, m in enumerate(chunk) if not m.returned]
+                for _, m in left:  # every plot on its way before the first run ends
                     if m.epochs and not m.diverged:
                         drawn.submit(m.num, _history(m), plot_title(m.cfg))
-                for i, m in enumerate(chunk):
-                    yield m, self._finish(m, program, program.member(state, i),
-                                          {k: float(v[i]) for k, v in test.items()}, ds, drawn)
+                for i, m in left:
+                    self._ended(m, self._finish(m, program, program.member(state, i),
+                                                {k: float(v[i]) for k, v in test.items()}, ds, drawn))
         except BaseException as err:  # Ctrl-C, SIGTERM, a bug: every run of the group still open ends, with why
             for m in ready:
                 self._end(m, err)
@@ -581,6 +652,8 @@ class Launch:
         m.epochs = list(m.backup.epochs)
         m.model = model
         m.stopper = record.early_stopping(cfg)
+        if m.stopper is not None:  # its stop is logged naming the job (_epoch_end); Keras's lines would not say which
+            m.stopper.verbose = 0
         if m.epochs:  # epochs the backup has and MLflow lacks (killed between the two): sent now
             from ..training.callbacks import MLflowMetrics
 
@@ -588,25 +661,22 @@ class Launch:
 
     # -- training -------------------------------------------------------------------------------------------
 
-    def _train(self, chunk: list[Member], program, device, g: int, at_once: int):
+    def _train(self, chunk: list[Member], program, device, g: int, at_once: int, refilling=None):
         """Train the chunk's members together with `program` (`at_once` of them vmapped at a time); returns (final
-        stacked state, test logs per member)."""
+        stacked state, test logs per member). `refilling`: (refill(size), end(member, state, test)): at each epoch's
+        end a member that stopped is ended at once and a new one (refill) takes its slot; `chunk` then lists each
+        slot's last member, and the returned logs are theirs."""
         import numpy as np
         from mlflow.entities import Metric
 
         from ..tracking import runs
         from ..training.callbacks import numeric_logs
 
-        for m in chunk:
-            m.handle = _Handle(program.model.metrics)
-            if m.stopper is not None:
-                m.stopper.set_model(m.handle)
-                m.stopper.on_train_begin()
-        state = program.stack([m.state for m in chunk])
-        keys = program.keys([int(m.cfg.seed) for m in chunk])
         total = int(chunk[0].cfg.trainer.epochs)
         for m in chunk:
-            m.active = m.initial_epoch < total
+            self._arm(m, program, total)
+        state = program.stack([m.state for m in chunk])
+        keys = program.keys([int(m.cfg.seed) for m in chunk])
         best = None
         host = HostWork(program)
         tracking = chunk[0].cfg.tracking  # the members' system metrics, as a lone run's (one monitor for all)
@@ -617,10 +687,9 @@ class Launch:
                  "" if at_once == len(chunk) else f", vmapped {at_once} at a time (hydra.launcher.vmap_members)")
         host_ms = []  # per epoch, the training thread's time outside the compiled epoch and its transfer
         try:
-            step = 0
             while any(m.active for m in chunk):
                 runs.raise_if_interrupted()
-                epochs = [m.initial_epoch + step for m in chunk]
+                epochs = [m.next_epoch for m in chunk]
                 active = [m.active for m in chunk]
                 started = time.perf_counter()
                 # the one transfer of the epoch: the logs
@@ -639,7 +708,10 @@ class Launch:
                 host.post(state, finished, metrics)
                 self._log_epoch(g, chunk, epochs, active, val_logs, seconds, total)
                 host_ms.append((time.perf_counter() - started - seconds) * 1000)
-                step += 1
+                if refilling is not None and (freed := [i for i, m in enumerate(chunk) if not m.active
+                                                        and not m.returned]):
+                    host.drain()  # their last checkpoints written before their runs end and their slots change
+                    state, keys = self._refill(chunk, freed, state, program, total, monitor, *refilling)
             host.drain()
             if host_ms:  # benchmarks/bench_fused_host.py reads it
                 writes = sorted(seconds for _, seconds in host.flushes) or [0.0]
@@ -662,6 +734,32 @@ class Launch:
         test = program.evaluate(state, "test")
         return state, test
 
+    def _arm(self, m: Member, program, total: int) -> None:
+        """A member about to train: its early stopping watching it, its epochs counted from where it starts."""
+        m.handle = _Handle(program.model.metrics)
+        if m.stopper is not None:
+            m.stopper.set_model(m.handle)
+            m.stopper.on_train_begin()
+        m.next_epoch = m.initial_epoch
+        m.active = m.initial_epoch < total
+
+    def _refill(self, chunk, freed, state, program, total, monitor, refill, end):
+        """End the `freed` slots' members (test metrics, artifacts, run end) and put new members in their slots
+        while `refill` gives them: the program stays full. Returns the new (stacked state, keys)."""
+        test = program.evaluate(state, "test", members=freed, keep=True)
+        for j, i in enumerate(freed):
+            end(chunk[i], program.member(state, i), {k: float(v[j]) for k, v in test.items()})
+        for i in freed:
+            if (m := refill(len(chunk))) is None:
+                break  # the study asked all its trials (or the rest are of other shapes)
+            self._arm(m, program, total)
+            log.info("Job #%d takes job #%d's slot (from epoch %d)", m.num, chunk[i].num, m.initial_epoch + 1)
+            chunk[i] = m
+            state = program.put(state, i, m.state)
+            if monitor is not None:
+                monitor.add(m.run_id)
+        return state, program.keys([int(m.cfg.seed) for m in chunk])
+
     def _epoch_end(self, chunk, epochs, active, train_logs, val_logs, seconds, total, numeric_logs, Metric):
         """Per member: its epoch's logs, NaN, early stopping; what to checkpoint and send."""
         now = int(time.time() * 1000)
@@ -676,6 +774,7 @@ class Launch:
             for key, value in logs.items():
                 m.this_start.setdefault(key, []).append(value)
             metrics.append((m, [Metric(k, v, now, epoch + 1) for k, v in values.items()]))
+            m.next_epoch = epoch + 1
             if not math.isfinite(logs.get("loss", 0.0)):  # TerminateOnNaN: stop after this epoch; the run fails
                 m.diverged, m.active = True, False
                 continue

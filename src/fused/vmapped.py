@@ -25,6 +25,9 @@ state (`jnp.where`) while the others go on, so its results are those of its last
 leaves frozen members out of the computation once the live ones fit in fewer vmapped chunks (a pruned study's
 group shrinks epoch by epoch).
 
+`put` refills a slot: a new member's state replaces a stopped one's, and trains from its own epoch 0 (its epoch
+numbers are its own) beside members further on, in the same compiled program.
+
 `compile_ahead` compiles a program on a background thread from the template's shapes (XLA compiles without the
 GIL), so that the compilation overlaps what the host does meanwhile: setting up the members' runs.
 """
@@ -115,6 +118,10 @@ class Program:
     def member(stacked, i: int):
         """Member i's state (host arrays) out of a stacked state."""
         return jax.tree_util.tree_map(lambda leaf: np.asarray(leaf[i]), stacked)
+
+    def put(self, stacked, i: int, state: tuple):
+        """`stacked` with member i's state replaced by `state` (unstacked host arrays): a refilled slot."""
+        return self._put(stacked, np.asarray([i]), self.stack([state]))
 
     def assign(self, state) -> None:
         """Write one member's state (unstacked) into the template model: for predict, save, log_model."""
@@ -274,17 +281,21 @@ class Program:
         train, val = jax.device_get((train, val))
         return state, spread(train), spread(val)
 
-    def evaluate(self, state, name: str = "test") -> dict:
-        """Every member's metrics on the split `name` (like keras.Model.evaluate(return_dict=True))."""
+    def evaluate(self, state, name: str = "test", members: list[int] | None = None, keep: bool = False) -> dict:
+        """Every member's metrics on the split `name` (like keras.Model.evaluate(return_dict=True)), or those of
+        `members` (indices, in that order). The split leaves the device afterwards unless `keep` (more to come)."""
         split = self.rows(name)
         x, y = self.resident(name)
+        if members is not None:
+            state = self._take(state, np.asarray(members))
         ahead = self._compiled((name, state[0][0].shape[0]))
         try:
             if ahead is not None:
                 return jax.device_get(ahead(state[0], state[1], x, y))
             return jax.device_get(self._evaluate(state[0], state[1], x, y, width=split.width))
         finally:
-            self.release(name)
+            if not keep:
+                self.release(name)
 
     @staticmethod
     def keys(seeds: list[int]):

@@ -27,6 +27,7 @@ import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from hydra.experimental.callback import Callback
@@ -306,6 +307,16 @@ def storage(sweep_dir: Path):
 # -- the driver ------------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Refill:
+    """A study's side of trials trained together (hydra/launcher=fused): `ask()` gives the next trial's (job
+    overrides, job number) for a freed slot, or None when the study has asked all it may; `done(job number,
+    JobReturn)` tells the trial as soon as its job ends."""
+
+    ask: Callable[[], tuple[list[str], int] | None]
+    done: Callable[[int, object], None]
+
+
 class Search:
     """The trial loop of one sweep folder: ask, launch one job, tell; up to n_jobs trials in flight."""
 
@@ -313,9 +324,10 @@ class Search:
                  launch_together=None):
         """`launch(overrides, job_num)` runs one Hydra job and returns its JobReturn; `in_process`: the launcher
         runs jobs in this process (Hydra's basic launcher), so they cannot run concurrently; `arguments`: the
-        command line's overrides (default: the config's). `launch_together([(overrides, job_num), ...])`, where the
-        launcher trains jobs together (hydra/launcher=fused): n_jobs trials are asked at once and trained as one
-        batch, which returns their JobReturns in order; each job reports its epochs to its trial, as alone."""
+        command line's overrides (default: the config's). `launch_together([(overrides, job_num), ...], refill)`, where the
+        launcher trains jobs together (hydra/launcher=fused): n_jobs trials are asked at once and trained in one
+        program, each freed slot refilled by a newly asked trial (`Refill`); each job reports its epochs to its
+        trial, as alone."""
         import optuna
 
         s = config.hydra.sweeper
@@ -401,22 +413,36 @@ class Search:
         return [r for r in returns if r is not None]
 
     def _run_together(self, to_launch: int) -> list:
-        """Batches of up to n_jobs trials, each asked before the batch starts and trained together, in this (the
-        main) thread. The pruner sees the trials told before the batch and, epoch by epoch, its members' reports."""
+        """n_jobs trials asked at once and trained together; as each member ends (its last epoch, early stopping, its
+        pruner, a failure) its trial is told and a newly asked trial takes its slot in the same program, until
+        `to_launch` trials were asked. In this (the main) thread."""
         returns: list = []
-        while to_launch > 0:
+        asked: dict[int, object] = {}  # job number (= trial number) -> trial, until told
+
+        def ask():
+            if len(returns) + len(asked) >= to_launch:
+                return None
             with self._lock:
-                trials = [self._ask() for _ in range(min(self.n_jobs, to_launch))]
-            batch = [(self._overrides(trial), trial.number) for trial in trials]
-            futures = [Future() for _ in trials]
+                trial = self._ask()
+            asked[trial.number] = trial
+            return self._overrides(trial), trial.number
+
+        def done(num: int, result) -> None:
+            future = Future()
+            future.set_result(result)
+            returns.append(self._tell(asked.pop(num), future))
+
+        while len(returns) < to_launch:
+            batch = [ask() for _ in range(min(self.n_jobs, to_launch - len(returns)))]
             try:
-                for future, result in zip(futures, self.launch_together(batch)):
-                    future.set_result(result)
+                self.launch_together(batch, Refill(ask, done))
+                error = RuntimeError("the fused launcher ended without this trial's job")
             except Exception as err:  # KeyboardInterrupt and SystemExit stop the sweep
-                for future in futures:
-                    future.set_exception(err)
-            returns += [self._tell(trial, future) for trial, future in zip(trials, futures)]
-            to_launch -= len(trials)
+                error = err
+            for num in list(asked):  # asked and never ended by the launch
+                future = Future()
+                future.set_exception(error)
+                returns.append(self._tell(asked.pop(num), future))
         return [r for r in returns if r is not None]
 
     def _start(self, pool: ThreadPoolExecutor | None = None):

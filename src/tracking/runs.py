@@ -221,6 +221,10 @@ class GroupSystemMetrics(SystemMetrics):
         self._published = False
         super().__init__(self._run_ids[0], interval)
 
+    def add(self, run_id: str) -> None:
+        """A run that joins the group (a refilled slot): it gets the samples from now on."""
+        self._run_ids = [*self._run_ids, run_id]  # a new list: the sampling thread may be iterating the old one
+
     def finish(self) -> None:
         """Stop sampling; a group that trained for less than one interval still logs what was sampled."""
         super().finish()

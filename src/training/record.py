@@ -101,15 +101,16 @@ def finish(cfg, run_id: str, outbox, history: dict, test: dict, model, ds, workd
                                             names.objective(monitor): objective})
     log.info("Test: %s", ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
     x = batches.first(ds.test, 10)
-    found = predictions(model, x, ds.test.y[:10])
+    outputs = np.asarray(model.predict(x, verbose=0))  # once: the predictions' CSV and the model's signature
+    found = predictions(outputs, ds.test.y[:10])
     log.info("First 10 test predictions:\n%s", found)
-    log_artifacts(cfg, history, found, model, workdir, outbox, run_id, plot=plot, example=x)
+    log_artifacts(cfg, history, found, model, workdir, outbox, run_id, plot=plot, example=(x, outputs))
     return float(objective)
 
 
-def predictions(model, x, y) -> str:
-    """The first test samples as CSV: true label, predicted label, confidence."""
-    probs = np.asarray(model.predict(x, verbose=0))
+def predictions(probs, y) -> str:
+    """The first test samples as CSV: true label, predicted label, confidence (`probs`: the model's outputs)."""
+    probs = np.asarray(probs)
     if probs.shape[-1] == 1:  # binary: probability of the positive class
         predicted = (probs[:, 0] > 0.5).astype(int)
         confidence = np.where(predicted == 1, probs[:, 0], 1 - probs[:, 0])
@@ -126,7 +127,7 @@ def plot_title(cfg) -> str:
 def log_artifacts(cfg, history, predictions, model, workdir: Path, kept, run_id: str, plot=None, example=None) -> None:
     """Written to a temporary folder first, so a failure never leaves a half-written artifact set. `plot(path)`
     writes the history figure there when it is drawn elsewhere (the fused launcher's plot workers); `example`: a few
-    inputs as the model takes them, for the logged model's signature."""
+    inputs as the model takes them and its outputs for them, for the logged model's signature."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "config.yaml").write_text(redaction.config_yaml(cfg))
@@ -143,14 +144,14 @@ def log_artifacts(cfg, history, predictions, model, workdir: Path, kept, run_id:
         log_model(model, kept, run_id, example)
 
 
-def signature(model, example):
-    """The model's signature (input and output tensors) from a few inputs, or None without them. Given explicitly:
-    without it MLflow warns at every run that the model has none."""
+def signature(example):
+    """The model's signature (input and output tensors) from (a few inputs, the model's outputs for them), or None
+    without them. Given explicitly: without it MLflow warns at every run that the model has none."""
     if example is None:
         return None
-    x = example[:2]
+    x, outputs = example[0][:2], example[1][:2]
     x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)  # a CSR batch (sparse inputs on TensorFlow)
-    return infer_signature(x, np.asarray(model.predict(example[:2], verbose=0)))
+    return infer_signature(x, np.asarray(outputs))
 
 
 def log_model(model, kept, run_id: str, example=None) -> None:
@@ -162,7 +163,7 @@ def log_model(model, kept, run_id: str, example=None) -> None:
     """
     # explicit requirements: inferring them would start a subprocess that imports the backend again
     requirements = mlflow.keras.get_default_pip_requirements()
-    found = signature(model, example)
+    found = signature(example)
     try:
         mlflow.keras.log_model(model, name=model.name, pip_requirements=requirements, signature=found)
         return
