@@ -544,9 +544,12 @@ class Launch:
                     return m
             return None
 
-        def end(m: Member, state, test: dict) -> None:  # a member trained: its run's end, as Hydra's job
+        def draw(m: Member) -> None:  # its history plot on its way to a worker (taken when its run ends)
             if m.epochs and not m.diverged:
                 drawn.submit(m.num, _history(m), plot_title(m.cfg))
+
+        def end(m: Member, state, test: dict) -> None:  # a member trained: its run's end, as Hydra's job
+            draw(m)
             self._ended(m, self._finish(m, program, state, test, ds, drawn))
 
         try:
@@ -557,8 +560,7 @@ class Launch:
                                           (refill, end) if self.refill is not None else None)
                 left = [(i, m) for i, m in enumerate(chunk) if not m.returned]
                 for _, m in left:  # every plot on its way before the first run ends
-                    if m.epochs and not m.diverged:
-                        drawn.submit(m.num, _history(m), plot_title(m.cfg))
+                    draw(m)
                 for i, m in left:
                     self._ended(m, self._finish(m, program, program.member(state, i),
                                                 {k: float(v[i]) for k, v in test.items()}, ds, drawn))
