@@ -44,3 +44,5 @@ def test_preset_reaches_its_target_on_the_real_data(preset, store, tmp_path):
         accuracies.append(run.data.metrics["test_accuracy"])
     print(f"{preset} test accuracy, seeds {SEEDS[preset]}: {', '.join(f'{a:.4f}' for a in accuracies)}")
     assert statistics.median(accuracies) >= TARGETS[preset]
+    if preset == "mnist_baseline":  # seed 42 is `python -m src.train` as it stands: the lab's 97%
+        assert accuracies[0] >= 0.97
