@@ -96,6 +96,7 @@ def train(cfg: DictConfig, workdir: Path, job: Job | None = None) -> float:
     system_metrics = cfg.tracking.system_metrics_interval if cfg.tracking.system_metrics else None
     trial = search.JobTrial.of_job(job.sweep_dir, job.num)  # an Optuna sweep's job: report each epoch, maybe prune
     if trial is not None:
+        trial.starts(backup.folder, backup.epochs)
         run_tags.update(trial.tags())
     with runs.run(
         experiment_id, job.name or cfg.model.name, run_tags, parent_run_id, resume_run_id=backup.run_id, outbox=kept,

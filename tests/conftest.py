@@ -234,7 +234,8 @@ E2E = (
 
 # What a test's code (its function, the fixtures it uses, and the module helpers they call) does.
 _DOES = {
-    "processes": re.compile(r"\bsubprocess\.|\bPopen\b|\brun_cli\(|\bcli_runs\.|\[\s*sys\.executable\b"),  # an argv that starts this interpreter
+    "processes": re.compile(r"\bsubprocess\.|\bPopen\b|\brun_cli\(|\bcli_runs\.|\[\s*sys\.executable\b"  # an argv that starts this interpreter
+                            r"|\bfrom cli_runs import [^\n]*\b(run|start)\b"),  # imported in the test function
     "trains": re.compile(r"\btrain_composed\(|\btrain\.train\(|\.fit\(|\btrain_run\b|\bfused_epoch|compiled\.fit"),
     "server": re.compile(r"\b(MlflowServer|AuthServer)\("),  # tests/mlflow_server.py: a real `mlflow server`
 }

@@ -488,6 +488,57 @@ def test_sigterm_ends_every_member_killed_and_the_rerun_resumes_each_into_its_ow
         assert len(_history(client, r)) == epochs  # every epoch once: the checkpoint had what MLflow had
 
 
+@jax_installed
+def test_a_killed_fused_study_continues_each_members_run_from_its_checkpoint(data_dir, store, tmp_path):
+    """SIGKILL of a fused study's driver while its three trials train together: the rerun marks them FAIL and
+    retries each as a new trial that continues its run from its checkpoint (the epochs it had reported to the new
+    trial), the three again in one program; every run ends FINISHED with each epoch once."""
+    import signal
+
+    import optuna
+    from mlflow.tracking import MlflowClient
+    from optuna.trial import TrialState
+
+    import cli_runs
+    from src.sweeps import search
+
+    epochs = 40
+    command = [*_sweep(data_dir, store, "killed_fused_study", tmp_path / "sweep"), "hydra/sweeper=optuna",
+               "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=3", "hydra.sweeper.pruner=none",
+               "optimizer.learning_rate=interval(1e-4,1e-2)"]
+    command = [c for c in command if c != "trainer.epochs=2"] + [f"trainer.epochs={epochs}"]
+    driver = cli_runs.start(command, tmp_path)
+    try:
+        cli_runs.wait_for_epochs(driver, tmp_path, 3, pattern="sweep/*/backup", timeout=300)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=60)
+    finally:
+        driver.kill()
+    client = MlflowClient(store)
+    killed = _trials(client, "killed_fused_study")
+    assert sorted(killed) == [0, 1, 2] and {r.info.status for r in killed.values()} == {"RUNNING"}  # as a kill leaves them
+    had = {n: len(_history(client, r)) for n, r in killed.items()}
+    assert any(had.values()) and all(h < epochs for h in had.values()), had  # (a kill may beat a sending)
+
+    again = cli_runs.run(["python", "-m", "src.train", *command], tmp_path, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert again.stdout.count("continuing its run from the checkpoint") == 3, again.stdout[-3000:]
+    assert "Group 1: training 3 member(s) together" in again.stdout
+    trials = optuna.load_study(study_name=search.STUDY_NAME, storage=search.storage(tmp_path / "sweep")).trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 3 + [TrialState.COMPLETE] * 3
+    runs = _trials(client, "killed_fused_study")
+    assert sorted(runs) == [3, 4, 5]  # the three runs, each now its retry's
+    for retry in trials[3:]:
+        old = retry.user_attrs[search.CONTINUES]
+        assert retry.params == trials[old].params
+        assert sorted(retry.intermediate_values) == list(range(1, epochs + 1))  # the replayed ones and the rest
+        run_ = runs[retry.number]
+        assert run_.info.run_id == killed[old].info.run_id and run_.info.status == "FINISHED"
+        assert run_.data.tags["optuna.continues"] == str(old)
+        steps = sorted(m.step for m in client.get_metric_history(run_.info.run_id, "val_loss"))
+        assert steps == list(range(1, epochs + 1))  # every epoch once, across the kill
+
+
 def test_a_member_that_stopped_is_still_checkpointed_when_the_writer_was_behind():
     """The writer takes the newest posted state: a member that finished its last epoch in an older post (early
     stopping) must still get that checkpoint, from its frozen values in the newer state."""

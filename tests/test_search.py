@@ -112,14 +112,16 @@ def test_a_pruned_study_stops_stalled_trials_at_the_end_of_an_epoch(data_dir, st
 
 
 def test_a_killed_study_resumes_to_n_trials_in_its_sweep_folder(data_dir, store, experiment, tmp_path):
+    """SIGKILL of the driver while its third trial trains (an epoch reported): the rerun marks that trial FAIL and
+    retries its point first as a new trial that continues its run from its checkpoint, then asks new points."""
     sweep_dir = tmp_path / "sweep"
     args = sweep_args(data_dir, store, experiment, sweep_dir, *cli_runs.SLOW)
     driver = cli_runs.start(args, tmp_path)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and driver.poll() is None:  # two trials finished, the third running
+    while time.monotonic() < deadline and driver.poll() is None:  # two trials finished, the third one epoch in
         if (sweep_dir / search.JOURNAL_FILE).exists():
-            states = [t.state for t in load(sweep_dir).get_trials(deepcopy=False)]
-            if states.count(TrialState.RUNNING) == 1 and len(states) == 3:
+            trials = load(sweep_dir).get_trials(deepcopy=False)
+            if len(trials) == 3 and trials[2].state == TrialState.RUNNING and trials[2].intermediate_values:
                 break
         time.sleep(0.2)
     assert driver.poll() is None, driver.stdout.read()[-3000:]
@@ -128,6 +130,8 @@ def test_a_killed_study_resumes_to_n_trials_in_its_sweep_folder(data_dir, store,
 
     again = cli_runs.run(["python", "-m", "src.train", *args], tmp_path)
     assert again.returncode == 0, again.stdout[-3000:]
+    assert "Trial 2 was left running by a previous driver: marked FAIL; its point is tried again, continuing its run" \
+        in again.stdout
     trials = load(sweep_dir).trials
     assert [t.state for t in trials][2] == TrialState.FAIL  # the killed trial, ended by the rerun
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 6
@@ -138,13 +142,19 @@ def test_a_killed_study_resumes_to_n_trials_in_its_sweep_folder(data_dir, store,
     assert rates[3] == rates[2]
     assert len(set(rates)) == 6, rates
     assert search.sampler_seed(42, 0) == 42 and search.sampler_seed(42, 3) not in (42, search.sampler_seed(42, 4))
+    # The retry continued trial 2's run: the epochs its checkpoint had were reported to it, the rest it trained.
+    retry = trials[3]
+    assert retry.user_attrs[search.CONTINUES] == 2 and retry.state == TrialState.COMPLETE  # a startup trial
+    assert sorted(retry.intermediate_values) == list(range(1, EPOCHS + 1))
     mlflow.set_tracking_uri(store)
     parent, children = runs_of(experiment)  # the rerun continued the one parent
     assert parent.info.status == "FINISHED"
-    # the killed trial's run exists only if its job got that far before the kill; it never FINISHED
-    assert sorted(int(c.data.tags["optuna.trial"]) for c in children) in (list(range(7)), [0, 1, 3, 4, 5, 6])
-    assert {c.info.status for c in children if c.data.tags["optuna.trial"] != "2"} == {"FINISHED"}
-    assert all(c.info.status == "FAILED" for c in children if c.data.tags["optuna.trial"] == "2")
+    by_trial = {int(c.data.tags["optuna.trial"]): c for c in children}
+    assert sorted(by_trial) == [0, 1, 3, 4, 5, 6] and len(children) == 6  # trial 2's run is trial 3's now
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert by_trial[3].data.tags["optuna.continues"] == "2"
+    assert steps(by_trial[3].info.run_id) == list(range(1, EPOCHS + 1))  # every epoch once, across the kill
+    assert by_trial[3].data.tags["backup_dir"] == retry.user_attrs[search.BACKUP]
 
 
 # -- refusals: before any job starts, nothing recorded -----------------------------------------------------------

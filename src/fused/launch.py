@@ -636,6 +636,7 @@ class Launch:
         tags.update({names.FUSED_GROUP: f"{job.sweep_dir.name}/{g}", names.FUSED_MEMBERS: str(size)})
         m.trial = search.JobTrial.of_job(job.sweep_dir, job.num)  # as a lone trial's job: reports each epoch
         if m.trial is not None:
+            m.trial.starts(m.backup.folder, m.backup.epochs)
             tags.update(m.trial.tags())
         m.outbox = outbox.Outbox(m.workdir / outbox.FILENAME, client)
         run = runs.open_member(client, experiment_id, job.name or cfg.model.name, tags, parent_run_id,

@@ -33,9 +33,11 @@ import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from ..paths import CHECKPOINT_STATE
 from ..tracking import names
 from ..config import lower_is_better
 from ..errors import UserError
+from .manifest import BACKUP_OVERRIDE
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,8 @@ STUDY_NAME = "sweep"  # one study per sweep folder
 SUMMARY_FILE = "optuna_summary.md"
 PRUNED_AT = "pruned_at_epoch"  # a trial's user attribute, set by its job when the pruner stops it
 REPEAT_OF = "repeat_of"  # a trial's user attribute: the sampler proposed that earlier trial's point again
+BACKUP = "backup_dir"  # a trial's user attribute, set by its job: its checkpoint folder
+CONTINUES = "continues"  # a trial's user attribute: it retries that killed trial, continuing its run from its checkpoint
 
 
 class SearchError(UserError, ValueError):
@@ -462,6 +466,8 @@ class Search:
     def _overrides(self, trial) -> list[str]:
         """The trial's job overrides, its sampled ones logged."""
         overrides = self.space.overrides(trial.params)
+        if CONTINUES in trial.user_attrs:  # its job resumes the killed trial's checkpoint, and so its run
+            overrides.append(f"{BACKUP_OVERRIDE}={trial.user_attrs[BACKUP]}")
         log.info("Trial %d: %s", trial.number, " ".join(overrides[len(self.space.fixed):]))
         return overrides
 
@@ -501,9 +507,15 @@ class Search:
 
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
             self.study.tell(trial.number, state=TrialState.FAIL)
-            self.study.enqueue_trial(trial.params)  # the next trial asked
-            log.warning("Trial %d was left running by a previous driver: marked FAIL, its point is tried again",
-                        trial.number)
+            folder = trial.user_attrs.get(BACKUP)
+            if folder and (Path(folder) / CHECKPOINT_STATE).is_file():  # its job got as far as its run
+                self.study.enqueue_trial(trial.params, user_attrs={CONTINUES: trial.number, BACKUP: folder})
+                log.warning("Trial %d was left running by a previous driver: marked FAIL; its point is tried again, "
+                            "continuing its run from the checkpoint in %s", trial.number, folder)
+            else:
+                self.study.enqueue_trial(trial.params)  # the next trial asked
+                log.warning("Trial %d was left running by a previous driver: marked FAIL, its point is tried again",
+                            trial.number)
 
     def _tell(self, trial, future: Future):
         from hydra.core.utils import JobStatus
@@ -647,6 +659,8 @@ class JobTrial:
         study_id = stored.get_study_id_from_name(record["study_name"])
         trial_id = stored.get_trial_id_from_study_id_trial_number(study_id, number)
         self.trial = optuna.trial.Trial(self.study, trial_id)
+        self._stored = lambda: stored.get_trial(trial_id)  # as the storage has it now (Trial caches what it saw)
+        self.monitor = record.get("monitor")
         self.number = number
         self.pruned_at: int | None = None
         self._reporting = True
@@ -659,8 +673,20 @@ class JobTrial:
         return cls(Path(sweep_dir), job_num)
 
     def tags(self) -> dict[str, str]:
+        continues = self.trial.user_attrs.get(CONTINUES)
         return {names.OPTUNA_TRIAL: str(self.number),
+                **({names.OPTUNA_CONTINUES: str(continues)} if continues is not None else {}),
                 **{f"{names.OPTUNA_PARAM}.{k}": _short(v) for k, v in self.trial.params.items()}}
+
+    def starts(self, backup_folder: Path, epochs: list[dict]) -> None:
+        """Its job starts with the checkpoint in `backup_folder`, holding `epochs` (their logs): the folder is kept on
+        the trial, for a rerun to continue the run from it if the driver dies (Search._end_stale), and each of those
+        epochs the trial was not told yet is reported now (a retried trial continuing a killed one's run)."""
+        self.trial.set_user_attr(BACKUP, str(backup_folder))
+        told = self._stored().intermediate_values
+        for epoch, logs in enumerate(epochs, start=1):
+            if epoch not in told and self.monitor in logs:
+                self.report(epoch, logs[self.monitor], may_prune=False)
 
     def report(self, epoch: int, value: float, may_prune: bool = True) -> bool:
         """Report the monitor after `epoch` (counted from 1); True: the pruner stops the trial here (never when

@@ -44,6 +44,7 @@ def objective(monitor: str) -> str:
 
 # Optuna sweeps (src/sweeps/search.py): on each trial's run, and on the sweep's parent
 OPTUNA_TRIAL, OPTUNA_PARAM = "optuna.trial", "optuna.param"  # the trial's number; optuna.param.<key>: a sampled value
+OPTUNA_CONTINUES = "optuna.continues"  # a retried trial's run: the number of the killed trial whose run it continues
 PRUNED, PRUNED_AT_EPOCH = "pruned", "pruned_at_epoch"  # a trial its pruner stopped: its run ends FINISHED with these
 OPTUNA_TRIALS, OPTUNA_BEST_TRIAL, OPTUNA_BEST_VALUE, OPTUNA_BEST_PARAMS = (
     "optuna.trials", "optuna.best_trial", "optuna.best_value", "optuna.best_params")

@@ -78,15 +78,10 @@ def run(
     except mlflow.exceptions.MlflowException as err:  # never a reason not to train
         log.warning("Could not check the experiment for runs left RUNNING: %s", err)
     tags = {**tags, **liveness.owner_tags()}
-    if resume_run_id and not _resumable(resume_run_id, experiment_id):
-        resume_run_id = None
+    resume_run_id = _reclaimed(client, resume_run_id, experiment_id, tags)
     if resume_run_id:
-        # This process owns the run before it is RUNNING again, so a concurrent reconcile never ends it.
-        client.log_batch(resume_run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         mlflow.set_experiment(experiment_id=experiment_id)  # start_run refuses a run outside the active experiment
         active = mlflow.start_run(run_id=resume_run_id, tags=tags, log_system_metrics=False)
-        with contextlib.suppress(mlflow.exceptions.MlflowException):  # the reason of the last stop
-            MlflowClient().delete_tag(resume_run_id, names.FAILURE_REASON)
     else:
         active = mlflow.start_run(
             experiment_id=experiment_id, run_name=run_name, tags=tags, parent_run_id=parent_run_id,
@@ -133,13 +128,8 @@ def open_member(
     from mlflow.tracking.context import registry
 
     tags = {**tags, **liveness.owner_tags()}
-    if resume_run_id and not _resumable(resume_run_id, experiment_id):
-        resume_run_id = None
-    if resume_run_id:
-        client.log_batch(resume_run_id, tags=[RunTag(k, v) for k, v in tags.items()])  # owned before RUNNING
+    if resume_run_id := _reclaimed(client, resume_run_id, experiment_id, tags):
         client.update_run(resume_run_id, status=status.RUNNING)
-        with contextlib.suppress(mlflow.exceptions.MlflowException):  # the reason of the last stop
-            client.delete_tag(resume_run_id, names.FAILURE_REASON)
         return client.get_run(resume_run_id)
     if parent_run_id:
         tags[names.PARENT_RUN] = parent_run_id
@@ -257,6 +247,19 @@ def log_params(active, params: dict[str, str]) -> None:
         params=[Param(k, v) for k, v in params.items() if k not in before],
         tags=[RunTag(f"resumed.{k}"[:250], v[:5000]) for k, v in changed.items()],
     )
+
+
+def _reclaimed(client: MlflowClient, run_id: str | None, experiment_id: str, tags: dict) -> str | None:
+    """The run a checkpoint names (`run_id`), reclaimed before it is RUNNING again: its tags (this process's
+    ownership among them, so a concurrent reconcile never ends it) and its last stop's reason cleared; None when there
+    is none, or it is gone or elsewhere (then a new run starts). Both ways to open a run (`run`, `open_member`) go
+    through it."""
+    if not run_id or not _resumable(run_id, experiment_id):
+        return None
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    with contextlib.suppress(mlflow.exceptions.MlflowException):  # the reason of the last stop
+        client.delete_tag(run_id, names.FAILURE_REASON)
+    return run_id
 
 
 def _resumable(run_id: str, experiment_id: str) -> bool:
