@@ -130,7 +130,7 @@ def test_a_killed_study_resumes_to_n_trials_in_its_sweep_folder(data_dir, store,
 
     again = cli_runs.run(["python", "-m", "src.train", *args], tmp_path)
     assert again.returncode == 0, again.stdout[-3000:]
-    assert "Trial 2 was left running by a previous driver: marked FAIL; its point is tried again, continuing its run" \
+    assert "Trial 2 was left running by a previous driver: marked FAIL, its point is tried again, continuing its run" \
         in again.stdout
     trials = load(sweep_dir).trials
     assert [t.state for t in trials][2] == TrialState.FAIL  # the killed trial, ended by the rerun

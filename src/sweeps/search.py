@@ -508,14 +508,11 @@ class Search:
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
             self.study.tell(trial.number, state=TrialState.FAIL)
             folder = trial.user_attrs.get(BACKUP)
-            if folder and (Path(folder) / CHECKPOINT_STATE).is_file():  # its job got as far as its run
-                self.study.enqueue_trial(trial.params, user_attrs={CONTINUES: trial.number, BACKUP: folder})
-                log.warning("Trial %d was left running by a previous driver: marked FAIL; its point is tried again, "
-                            "continuing its run from the checkpoint in %s", trial.number, folder)
-            else:
-                self.study.enqueue_trial(trial.params)  # the next trial asked
-                log.warning("Trial %d was left running by a previous driver: marked FAIL, its point is tried again",
-                            trial.number)
+            continued = bool(folder) and (Path(folder) / CHECKPOINT_STATE).is_file()  # its job got as far as its run
+            self.study.enqueue_trial(trial.params,  # the next trial asked
+                                     user_attrs={CONTINUES: trial.number, BACKUP: folder} if continued else None)
+            log.warning("Trial %d was left running by a previous driver: marked FAIL, its point is tried again%s",
+                        trial.number, f", continuing its run from the checkpoint in {folder}" if continued else "")
 
     def _tell(self, trial, future: Future):
         from hydra.core.utils import JobStatus
